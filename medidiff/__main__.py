@@ -1,0 +1,3 @@
+from medidiff.cli import main
+
+raise SystemExit(main())
