@@ -1,0 +1,305 @@
+"""Configuration: YAML loaded into frozen dataclasses.
+
+Defaults live only in the dataclass fields. Unknown keys fail with the list of valid ones; ``--set
+a.b=value`` overrides parse the value as YAML (a number, a list, a string), never as code. Relative
+data paths are resolved against the folder of the config file. The resolved config is saved with
+every checkpoint, so a checkpoint needs no YAML to be used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from medidiff.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training scans come from and how patches are drawn.
+
+    ``train``/``val``: a folder (searched recursively for NIfTI files and DICOM series; a BIDS root
+    works), a glob, a list of paths, or an MSD-style datalist JSON. An entry of a datalist may carry
+    ``"target"`` (a clean scan) to train on real noisy/clean pairs.
+    """
+
+    train: str | list[str] = ""
+    val: str | list[str] = ""
+    modality: Literal["MR", "CT"] = "MR"
+    patch_size: list[int] = field(default_factory=lambda: [32, 32, 32])
+    synthetic_phantoms: int = 0
+    foreground_fraction: float = 0.9
+    skip_unreadable: bool = False
+    num_workers: int = 0
+    val_patches: int = 8
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """The noise added to clean patches during training.
+
+    ``kind``: ``rician`` (MR magnitude), ``ct`` (correlated FBP-like texture) or ``gaussian``.
+    Levels are drawn log-uniformly in [``scan_sigma_min``, ``scan_sigma_max``] with probability
+    ``scan_fraction`` (the range real scans live in), otherwise log-uniformly over the whole
+    schedule range with Gaussian noise (the generative path).
+    """
+
+    kind: Literal["rician", "ct", "gaussian"] = "rician"
+    scan_sigma_min: float = 0.005
+    scan_sigma_max: float = 0.3
+    scan_fraction: float = 0.85
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """MONAI ``DiffusionModelUNet`` settings and the EDM preconditioning constant."""
+
+    channels: list[int] = field(default_factory=lambda: [16, 32, 48, 64])
+    attention_levels: list[bool] = field(default_factory=lambda: [False, False, False, False])
+    num_res_blocks: int = 1
+    norm_num_groups: int = 8
+    num_head_channels: int = 8
+    use_flash_attention: bool = False
+    sigma_data: float = 0.5
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Karras (EDM) noise levels, in normalized intensity units."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 5.0
+    rho: float = 7.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop."""
+
+    max_steps: int = 1000
+    batch_size: int = 4
+    lr: float = 2e-3
+    lr_warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True
+    log_every: int = 10
+    val_every: int = 0
+    save_every: int = 200
+    keep_checkpoints: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/default"
+
+
+# ---------------------------------------------------------------- building from plain data
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return _check_type(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} has the wrong type (expected {annotation})")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys"
+            f"{' under ' + where if where else ''}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _check_type(value, hint, key)
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a plain mapping (from YAML or a checkpoint) into a :class:`Config`."""
+    cfg = _build(Config, raw, "")
+    _validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _validate(cfg: Config) -> None:
+    if len(cfg.data.patch_size) != 3 or min(cfg.data.patch_size) < 8:
+        raise ConfigError(f"data.patch_size must be three sizes of at least 8, got {cfg.data.patch_size}")
+    factor = 2 ** (len(cfg.model.channels) - 1)
+    if any(p % factor for p in cfg.data.patch_size):
+        raise ConfigError(
+            f"data.patch_size {cfg.data.patch_size} must be divisible by {factor} "
+            f"for a U-Net with {len(cfg.model.channels)} levels"
+        )
+    if len(cfg.model.attention_levels) != len(cfg.model.channels):
+        raise ConfigError("model.attention_levels needs one entry per model.channels entry")
+    if any(c % cfg.model.norm_num_groups for c in cfg.model.channels):
+        raise ConfigError(
+            f"every model.channels entry must be divisible by model.norm_num_groups={cfg.model.norm_num_groups}"
+        )
+    if cfg.train.max_steps < 0 or cfg.train.batch_size < 1:
+        raise ConfigError("train.max_steps must be >= 0 and train.batch_size >= 1")
+    if not 0 < cfg.noise.scan_sigma_min < cfg.noise.scan_sigma_max:
+        raise ConfigError("need 0 < noise.scan_sigma_min < noise.scan_sigma_max")
+    if not 0.0 <= cfg.noise.scan_fraction <= 1.0:
+        raise ConfigError("noise.scan_fraction must lie in [0, 1]")
+    if cfg.train.save_every < 1 or cfg.train.log_every < 1:
+        raise ConfigError("train.save_every and train.log_every must be at least 1")
+    _build(ScheduleConfig, dataclasses.asdict(cfg.schedule), "schedule")  # re-check types
+    try:
+        from medidiff.schedule import KarrasSchedule
+
+        KarrasSchedule(cfg.schedule.sigma_min, cfg.schedule.sigma_max, cfg.schedule.rho)
+    except ValueError as exc:
+        raise ConfigError(f"schedule: {exc}") from None
+
+
+# ---------------------------------------------------------------- YAML and overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into (["a", "b"], value), the value parsed as YAML data."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.max_steps=100")
+    key, _, value_text = text.partition("=")
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"--set {text!r}: the key is empty")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError:
+        value = value_text
+    return keys, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b=value`` override applied."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {k} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    def fix(p: Any) -> Any:
+        if isinstance(p, str) and p and not Path(p).expanduser().is_absolute():
+            return str((base / p).resolve())
+        return str(Path(p).expanduser()) if isinstance(p, str) and p else p
+
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "val"):
+            if isinstance(data.get(key), list):
+                data[key] = [fix(p) for p in data[key]]
+            elif key in data:
+                data[key] = fix(data[key])
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    Data paths in the file are relative to the file's folder; paths given with ``--set`` are
+    relative to the current directory.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}: not valid YAML{line}; check the indentation and colons") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not a text file; give a YAML config") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of keys at the top level")
+        raw = _resolve_paths(loaded, p.resolve().parent)
+    raw = apply_overrides(raw, overrides or [])
+    raw = _resolve_paths(raw, Path.cwd()) if overrides else raw
+    return config_from_dict(raw)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from medidiff.files import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

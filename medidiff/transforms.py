@@ -1,0 +1,143 @@
+"""Intensity normalization pairs and the MONAI transforms used for training.
+
+Normalization maps a scan into the model's units, where ``sigma`` is measured, and back:
+
+* MR: divide by the 99.9th percentile of the volume (``offset`` 0), so tissue lies in about [0, 1]
+  and the noise level is a fraction of the bright-tissue intensity (the BrainWeb/BM4D convention).
+* CT: ``(HU + 1000) / 2000``: the window [-1000, 1000] HU onto [0, 1], not clipped, so bone and
+  metal above 1000 HU survive the round trip.
+
+Each :class:`Normalization` records its parameters so :meth:`Normalization.denormalize` inverts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+MR_PERCENTILE = 99.9
+CT_LOW, CT_HIGH = -1000.0, 1000.0
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``normalized = (value - offset) / scale``; recorded so it can be undone exactly."""
+
+    offset: float
+    scale: float
+    modality: Literal["MR", "CT"]
+
+    def normalize(self, values: Any) -> Any:
+        return (values - self.offset) / self.scale
+
+    def denormalize(self, values: Any) -> Any:
+        return values * self.scale + self.offset
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_normalization(data: np.ndarray, modality: Literal["MR", "CT"]) -> Normalization:
+    """The normalization of a scan (any shape) for ``modality``; NaNs are ignored."""
+    if modality == "CT":
+        return Normalization(offset=CT_LOW, scale=CT_HIGH - CT_LOW, modality="CT")
+    finite = np.asarray(data)[np.isfinite(data)]
+    if finite.size == 0:
+        raise ValueError("the volume has no finite voxel")
+    scale = float(np.percentile(finite, MR_PERCENTILE))
+    if scale <= 0:
+        scale = float(np.abs(finite).max())
+    if scale <= 0:
+        scale = 1.0
+    return Normalization(offset=0.0, scale=scale, modality="MR")
+
+
+# ---------------------------------------------------------------- MONAI training transforms
+
+
+def _map_transform_base() -> type:
+    from monai.transforms import MapTransform
+
+    return MapTransform
+
+
+def normalize_intensityd(keys: list[str], modality: Literal["MR", "CT"]) -> Any:
+    """A MONAI dictionary transform applying :func:`fit_normalization` (fitted on the first key)."""
+    base = _map_transform_base()
+
+    class NormalizeIntensityd(base):  # type: ignore[misc, valid-type]
+        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            d = dict(data)
+            norm = fit_normalization(np.asarray(d[self.keys[0]]), modality)
+            for key in self.key_iterator(d):
+                d[key] = norm.normalize(d[key])
+            return d
+
+    return NormalizeIntensityd(keys)
+
+
+def foreground_maskd(key: str, mask_key: str, threshold: float) -> Any:
+    """Adds ``mask_key``: voxels of ``key`` above ``threshold`` (normalized units), for patch sampling."""
+    base = _map_transform_base()
+
+    class ForegroundMaskd(base):  # type: ignore[misc, valid-type]
+        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            d = dict(data)
+            d[mask_key] = (d[key] > threshold).float() if hasattr(d[key], "float") else d[key] > threshold
+            return d
+
+    return ForegroundMaskd([key])
+
+
+def training_transforms(
+    modality: Literal["MR", "CT"], patch_size: list[int], foreground_fraction: float, paired: bool
+) -> tuple[Any, Any]:
+    """(deterministic, random) MONAI pipelines for training.
+
+    The deterministic part (orientation to RAS, normalization, foreground mask) is cached once per
+    volume; the random part (foreground-weighted patch, flips, 90-degree rotations in the axial
+    plane, MR contrast jitter) runs per sample with a seed derived from the sample index, so a run
+    resumed from a checkpoint draws exactly the patches the uninterrupted run would have drawn.
+    """
+    from monai.transforms import (
+        Compose,
+        EnsureTyped,
+        Orientationd,
+        RandAdjustContrastd,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandRotate90d,
+        RandScaleIntensityd,
+        SpatialPadd,
+    )
+
+    keys = ["image", "target"] if paired else ["image"]
+    pos = max(foreground_fraction, 1e-3)
+    neg = max(1.0 - foreground_fraction, 1e-3)
+    deterministic = Compose(
+        [
+            EnsureTyped(keys=keys, track_meta=True),
+            Orientationd(keys=keys, axcodes="RAS"),
+            normalize_intensityd(keys, modality),
+            foreground_maskd(keys[-1], "foreground", 0.05 if modality == "MR" else 0.3),
+            SpatialPadd(keys=[*keys, "foreground"], spatial_size=patch_size),
+        ]
+    )
+    augment: list[Any] = [
+        RandCropByPosNegLabeld(
+            keys=keys, label_key="foreground", spatial_size=patch_size, pos=pos, neg=neg, num_samples=1
+        ),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
+        RandRotate90d(keys=keys, prob=0.5, spatial_axes=(0, 1)),
+    ]
+    if modality == "MR":
+        augment += [
+            RandScaleIntensityd(keys=keys, factors=0.15, prob=0.5),
+            RandAdjustContrastd(keys=keys, gamma=(0.8, 1.25), prob=0.3),
+        ]
+    return deterministic, Compose(augment)
