@@ -1,0 +1,790 @@
+"""The benchmark: medidiff against classical denoisers on held-out reference scans.
+
+Cases (clean reference volumes) x noise levels x methods. Noise is simulated on the clean volume:
+
+* MR: Rician noise (``medidiff.noise.add_rician_numpy``) on the clean volume scaled to [0, 1] by its
+  99.9th percentile, sigma = the level in % of that percentile. Metrics: foreground PSNR/SSIM at
+  peak 1 on the scaled data, auto MR mask of the clean volume.
+* CT: projection-domain Poisson noise (:mod:`medidiff.ct_dose`), the level being the target noise
+  std over soft tissue in HU. Metrics in the HU window [-1000, 1000], data range 2000, body mask.
+
+Classical methods get the true sigma (MR: the Rician sigma; CT: the std of the added noise over soft
+tissue); medidiff estimates its own, recorded next to the true value. Each method runs in a forked
+child process, so its wall time and peak memory are measured in the same run and a crash of one
+method is recorded in its row without stopping the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from medidiff import metrics
+from medidiff.errors import ConfigError, MedidiffError, OutputExistsError
+from medidiff.files import atomic_path, write_text_atomic
+from medidiff.volume import Volume
+
+METHODS = ("medidiff", "medidiff-1step", "medidiff-avg", "nlmeans", "tv", "wavelet", "bm4d")
+MEDIDIFF_METHODS = ("medidiff", "medidiff-1step", "medidiff-avg")
+CT_DISPLAY_WINDOW = (-200.0, 600.0)
+DOCS_START, DOCS_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+OUTPUT_FILES = ("results.csv", "results.json", "results.md")
+CSV_FIELDS = [
+    "case", "modality", "noise_level", "noise_unit", "sigma_true", "sigma_est", "sigma_unit", "method",
+    "psnr", "ssim", "time_s", "setup_s", "peak_mem_mb", "uncertainty_mean", "shape", "i0",
+    "reference_sigma_est", "error",
+]  # fmt: skip
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "benchmark.yaml"
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "reference"
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class CaseConfig:
+    """One held-out reference volume and the noise levels simulated on it.
+
+    ``noise_levels``: MR Rician sigma in % of the clean 99.9th percentile; CT target soft-tissue noise
+    std in HU. ``quick_noise_level``: the level ``--quick`` runs (None: the middle one).
+    ``quick_crop``: the crop ``--quick`` uses (voxels per axis), centred on the foreground.
+    """
+
+    name: str
+    file: str
+    modality: Literal["MR", "CT"]
+    noise_levels: list[float]
+    quick_noise_level: float | None = None
+    quick_crop: list[int] = field(default_factory=lambda: [64, 64, 64])
+
+
+def _default_cases() -> list[CaseConfig]:
+    return [
+        CaseConfig("mr_colin27_t1", "colin27_ch2_T1_brain_1mm.nii.gz", "MR", [3.0, 5.0, 9.0], 5.0),
+        CaseConfig("ct_chest_cta", "totalseg_chest_cta_crop_1p5mm.nii.gz", "CT", [25.0, 50.0], 50.0,
+                   [64, 64, 32]),
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MedidiffSettings:
+    """``Denoiser(model, device)``; ``model`` None = the bundled default; ``steps`` None = its default."""
+
+    model: str | None = None
+    device: str = "auto"
+    steps: int | None = None
+    avg_samples: int = 4
+
+
+@dataclass(frozen=True)
+class ClassicalSettings:
+    """The classical comparators (all get the true sigma).
+
+    TV weight = ``tv_weight_factor`` x sigma (0.5 was best of 0.25-3 on a crop of seg3d_T1_head at
+    3-9 % Rician noise, not a benchmark case). ``nlmeans_block_radius`` None = DIPY's default for the
+    method (2 blockwise, 5 classic). CT uses DIPY's ``classic`` method: the default ``blockwise`` one
+    smoothed HU-scale CT far beyond its noise (the clean chest CTA crop alone came back at 30 dB).
+    """
+
+    tv_weight_factor: float = 0.5
+    nlmeans_method_mr: Literal["blockwise", "classic"] = "blockwise"
+    nlmeans_method_ct: Literal["blockwise", "classic"] = "classic"
+    nlmeans_patch_radius: int = 1
+    nlmeans_block_radius: int | None = None
+    wavelet: str = "db1"
+
+
+@dataclass(frozen=True)
+class CTSettings:
+    """Projection-domain CT noise simulation (``medidiff.ct_dose``)."""
+
+    n_angles: int = 360
+    filter: Literal["ramp", "hann"] = "ramp"
+
+
+@dataclass(frozen=True)
+class QuickSettings:
+    """What ``--quick`` changes besides crops and levels: the methods (unless ``--methods``), samples."""
+
+    methods: list[str] = field(
+        default_factory=lambda: ["medidiff", "medidiff-1step", "nlmeans", "tv", "wavelet"]
+    )
+    avg_samples: int = 2
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """The whole benchmark; ``data_dir`` "" = ``../shared/data/reference`` beside the repository."""
+
+    data_dir: str = ""
+    seed: int = 0
+    isolate: bool = True
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    cases: list[CaseConfig] = field(default_factory=_default_cases)
+    medidiff: MedidiffSettings = field(default_factory=MedidiffSettings)
+    classical: ClassicalSettings = field(default_factory=ClassicalSettings)
+    ct: CTSettings = field(default_factory=CTSettings)
+    quick: QuickSettings = field(default_factory=QuickSettings)
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if type(None) in args:
+        return None if value is None else _typed(value, next(a for a in args if a is not type(None)), where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {bool: isinstance(value, bool), int: number and isinstance(value, int), float: number}.get(hint)
+    if ok is None:
+        ok = isinstance(value, str) if hint is str else True
+    if not ok:
+        raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'benchmark config'}: expected a mapping of keys, got {raw!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        place = f" in {where}" if where else ""
+        raise ConfigError(
+            f"unknown benchmark config key {unknown[0]!r}{place}; valid keys: {', '.join(names)}"
+        )
+    hints = typing.get_type_hints(cls)
+    try:
+        return cls(**{k: _typed(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()})
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{where or 'benchmark config'}: {exc}; valid keys: {', '.join(names)}") from None
+
+
+def load_benchmark_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    methods: list[str] | None = None,
+) -> BenchmarkConfig:
+    """Read a benchmark YAML (``yaml.safe_load``) into a :class:`BenchmarkConfig`.
+
+    Args:
+        path: the YAML; None = the repository's ``configs/benchmark.yaml`` when present, else defaults.
+        data_dir: overrides the config's ``data_dir`` (relative to the working directory).
+        methods: overrides the config's methods, quick ones included.
+
+    A relative ``data_dir`` in the file is resolved against the file's folder.
+
+    Raises:
+        ConfigError: unreadable YAML, an unknown key (the message lists the valid ones), a bad value.
+    """
+    import yaml
+
+    raw: Any = {}
+    base = Path.cwd()
+    if path is not None or DEFAULT_CONFIG.exists():
+        cfg_path = Path(path) if path is not None else DEFAULT_CONFIG
+        if not cfg_path.is_file():
+            raise ConfigError(f"{cfg_path}: benchmark config not found; pass --config FILE")
+        try:
+            raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{cfg_path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        base = cfg_path.resolve().parent
+    cfg: BenchmarkConfig = _build(BenchmarkConfig, raw, "")
+    if data_dir is not None:
+        resolved = Path(data_dir).resolve()
+    else:
+        resolved = (base / cfg.data_dir).resolve() if cfg.data_dir else DEFAULT_DATA_DIR
+    cfg = dataclasses.replace(cfg, data_dir=str(resolved))
+    if methods is not None:
+        quick = dataclasses.replace(cfg.quick, methods=list(methods))
+        cfg = dataclasses.replace(cfg, methods=list(methods), quick=quick)
+    for where, names in (("methods", cfg.methods), ("quick.methods", cfg.quick.methods)):
+        for name in names:
+            if name not in METHODS:
+                raise ConfigError(f"{where}: unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    for index, case in enumerate(cfg.cases):
+        if not case.noise_levels or min(case.noise_levels) <= 0:
+            raise ConfigError(f"cases[{index}].noise_levels: give positive levels, e.g. [3, 5, 9]")
+        if len(case.quick_crop) != 3 or min(case.quick_crop) < 8:
+            raise ConfigError(f"cases[{index}].quick_crop: give three sizes of at least 8, e.g. [64, 64, 64]")
+    if min(cfg.medidiff.avg_samples, cfg.quick.avg_samples) < 2:
+        raise ConfigError("medidiff.avg_samples and quick.avg_samples must be at least 2")
+    return cfg
+
+
+# ---------------------------------------------------------------- cases and noise
+
+
+@dataclass
+class Sample:
+    """One case at one noise level, in metric units (MR: [0, 1]-scaled; CT: HU)."""
+
+    case: CaseConfig
+    level: float
+    clean: np.ndarray
+    noisy: np.ndarray
+    mask: np.ndarray
+    affine: np.ndarray
+    sigma_true: float
+    slice_axis: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        return metrics.CT_WINDOW if self.case.modality == "CT" else None
+
+    @property
+    def data_range(self) -> float:
+        return 2000.0 if self.case.modality == "CT" else 1.0
+
+
+def _crop_box(mask: np.ndarray, size: list[int]) -> tuple[slice, ...]:
+    """A box of ``size`` centred on the centre of the mask's bounding box, inside the volume."""
+    out = []
+    for axis, (b, n) in enumerate(zip(metrics.mask_box(mask), size, strict=True)):
+        n = min(n, mask.shape[axis])
+        start = min(max((b.start + b.stop) // 2 - n // 2, 0), mask.shape[axis] - n)
+        out.append(slice(start, start + n))
+    return tuple(out)
+
+
+def make_samples(cfg: BenchmarkConfig, quick: bool = False) -> list[Sample]:
+    """Read each case and simulate its noise levels (one level and a centred crop with ``quick``)."""
+    from medidiff.ct_dose import simulate_low_dose
+    from medidiff.io import read_volume
+    from medidiff.noise import add_rician_numpy, estimate_sigma
+
+    samples = []
+    for case_index, case in enumerate(cfg.cases):
+        path = Path(cfg.data_dir) / case.file
+        if not path.exists():
+            raise MedidiffError(
+                f"{path}: reference scan not found; pass --data-dir or set data_dir in the config"
+            )
+        volume = read_volume(str(path))
+        clean = volume.data[0].astype(np.float32)
+        affine = np.array(volume.meta.affine, dtype=np.float64)
+        axis = metrics.axial_axis(affine)
+        scale = float(np.percentile(clean, 99.9)) if case.modality == "MR" else 1.0
+        clean = clean / scale if case.modality == "MR" else clean
+        box = tuple(slice(0, n) for n in clean.shape)
+        levels = case.noise_levels
+        if quick:
+            box = _crop_box(metrics.foreground_mask(clean, case.modality, slice_axis=axis), case.quick_crop)
+            levels = [case.quick_noise_level or sorted(levels)[len(levels) // 2]]
+        crop_affine = affine.copy()
+        crop_affine[:3, 3] += affine[:3, :3] @ np.array([s.start for s in box], dtype=np.float64)
+        for level in levels:
+            rng = np.random.default_rng([cfg.seed, case_index, int(round(level * 1000))])
+            info: dict[str, Any] = {"file": str(path), "scale": scale}
+            if case.modality == "MR":
+                x0 = clean[box]
+                noisy, sigma = add_rician_numpy(x0, level / 100.0, rng), level / 100.0
+            else:  # simulate whole axial slices, then crop in-plane; calibrate the dose inside the crop
+                sub = clean[tuple(box[k] if k == axis else slice(None) for k in range(3))]
+                inplane = tuple(slice(None) if k == axis else box[k] for k in range(3))
+                region = np.zeros(sub.shape, dtype=bool)
+                region[inplane] = True
+                result = simulate_low_dose(
+                    sub, volume.meta.spacing, rng, target_std_hu=level, axis=axis,
+                    n_angles=cfg.ct.n_angles, filter_name=cfg.ct.filter, measure_mask=region,
+                )  # fmt: skip
+                x0, noisy = sub[inplane], result.noisy[inplane]
+                sigma, info["i0"] = result.noise_std_hu, result.i0
+            mask = metrics.foreground_mask(x0, case.modality, slice_axis=axis)
+            info["reference_sigma_est"] = estimate_sigma(x0, case.modality)
+            samples.append(Sample(case, level, x0, noisy, mask, crop_affine, float(sigma), axis, info))
+    return samples
+
+
+# ---------------------------------------------------------------- methods
+
+
+@dataclass
+class MethodOutput:
+    """A method's output (metric units), optional uncertainty, sigma estimate, timings and memory."""
+
+    denoised: np.ndarray
+    uncertainty: np.ndarray | None = None
+    sigma_est: float | None = None
+    setup_s: float = 0.0
+    run_s: float = 0.0
+    peak_mem_mb: float | None = None
+
+
+def _nlmeans(noisy: np.ndarray, sigma: float, ct: bool, cl: ClassicalSettings) -> np.ndarray:
+    from dipy.denoise.nlmeans import nlmeans
+
+    # DIPY's nlmeans expects non-negative data: shift HU by +1024 (clipping the few voxels still < 0)
+    arr = np.clip(noisy + 1024.0, 0.0, None) if ct else noisy
+    out = nlmeans(
+        arr, sigma, patch_radius=cl.nlmeans_patch_radius, block_radius=cl.nlmeans_block_radius,
+        rician=not ct, method=cl.nlmeans_method_ct if ct else cl.nlmeans_method_mr,
+    )  # fmt: skip
+    return out - 1024.0 if ct else out
+
+
+def _tv(noisy: np.ndarray, sigma: float, ct: bool, cl: ClassicalSettings) -> np.ndarray:
+    from skimage.restoration import denoise_tv_chambolle
+
+    return denoise_tv_chambolle(noisy, weight=cl.tv_weight_factor * sigma)
+
+
+def _wavelet(noisy: np.ndarray, sigma: float, ct: bool, cl: ClassicalSettings) -> np.ndarray:
+    from skimage.restoration import denoise_wavelet
+
+    return denoise_wavelet(noisy, sigma=sigma, wavelet=cl.wavelet, mode="soft", rescale_sigma=True)
+
+
+def _bm4d(noisy: np.ndarray, sigma: float, ct: bool, cl: ClassicalSettings) -> np.ndarray:
+    import bm4d  # type: ignore[import-not-found]  # optional: installed by the user, never a dependency
+
+    return bm4d.bm4d(noisy, sigma_psd=sigma)
+
+
+CLASSICAL: dict[str, Callable[[np.ndarray, float, bool, ClassicalSettings], np.ndarray]] = {
+    "nlmeans": _nlmeans,
+    "tv": _tv,
+    "wavelet": _wavelet,
+    "bm4d": _bm4d,
+}
+
+
+def _medidiff_runner(name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool) -> Callable[[], tuple]:
+    from medidiff.inference import Denoiser
+
+    settings = cfg.medidiff
+    denoiser = Denoiser(model=settings.model, device=settings.device)
+    volume = Volume.from_array(sample.noisy, sample.affine, modality=sample.case.modality)
+    kwargs: dict[str, Any] = {"modality": sample.case.modality, "seed": cfg.seed, "steps": settings.steps}
+    if name == "medidiff-1step":
+        kwargs["steps"] = 1
+    elif name == "medidiff-avg":
+        kwargs["samples"] = cfg.quick.avg_samples if quick else settings.avg_samples
+
+    def run() -> tuple:
+        result = denoiser.denoise_volume(volume, **kwargs)  # the true sigma is not given: it is estimated
+        spread = None if result.uncertainty is None else np.asarray(result.uncertainty.data[0], np.float32)
+        return result.volume.data[0], spread, float(result.sigma)
+
+    return run
+
+
+def run_method(name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool = False) -> MethodOutput:
+    """Run one method on ``sample.noisy``; setup (model loading) is timed apart from the denoising call."""
+    start = time.perf_counter()
+    if name in MEDIDIFF_METHODS:
+        run = _medidiff_runner(name, sample, cfg, quick)
+    elif name in CLASSICAL:
+        ct = sample.case.modality == "CT"
+        function = CLASSICAL[name]
+
+        def run() -> tuple:
+            return function(sample.noisy, sample.sigma_true, ct, cfg.classical), None, None
+
+    else:
+        raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    ready = time.perf_counter()
+    denoised, spread, sigma_est = run()
+    done = time.perf_counter()
+    return MethodOutput(np.asarray(denoised, np.float32), spread, sigma_est, ready - start, done - ready)
+
+
+# ---------------------------------------------------------------- measuring in a child process
+
+MEMORY_NOTES = {
+    "vmhwm": "peak resident memory (VmHWM, reset through /proc/self/clear_refs) above the resident "
+    "memory before the method, in a forked child process per method",
+    "maxrss": "peak resident memory (getrusage ru_maxrss) above the resident memory before the method, "
+    "in a forked child process per method",
+    "none": "not measured (isolate: false, or no fork on this platform)",
+}
+
+
+def _proc_status_mib(key: str) -> float | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return float(line.split()[1]) / 1024.0
+    return None
+
+
+def _measured(name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool) -> tuple[MethodOutput, str]:
+    import resource
+
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets VmHWM to the current resident size
+        mode = "vmhwm"
+    except OSError:
+        mode = "maxrss"
+    before = _proc_status_mib("VmRSS") or 0.0
+    output = run_method(name, sample, cfg, quick)
+    if mode == "vmhwm":
+        peak = _proc_status_mib("VmHWM") or 0.0
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    output.peak_mem_mb = max(0.0, peak - before)
+    return output, mode
+
+
+def _child(conn: Any, name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool) -> None:
+    try:
+        conn.send(("ok", _measured(name, sample, cfg, quick)))
+    except BaseException as exc:  # noqa: BLE001 - any failure goes into the method's row
+        text = str(exc).strip().splitlines()
+        conn.send(("error", f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__))
+    finally:
+        conn.close()
+
+
+def measure_method(
+    name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool = False
+) -> tuple[MethodOutput, str]:
+    """Run a method in a forked child process; returns (output, memory measure key of MEMORY_NOTES).
+
+    Raises:
+        RuntimeError: the method failed (one line: exception type and message) or its process died.
+    """
+    import multiprocessing
+
+    if not cfg.isolate or "fork" not in multiprocessing.get_all_start_methods():
+        try:
+            return run_method(name, sample, cfg, quick), "none"
+        except Exception as exc:  # noqa: BLE001 - reported in the row
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(child, name, sample, cfg, quick))
+    process.start()
+    child.close()
+    try:
+        status, payload = parent.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"the method's process died (exit code {process.exitcode})") from None
+    finally:
+        parent.close()
+    process.join()
+    if status != "ok":
+        raise RuntimeError(payload)
+    return payload
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class BenchmarkReport:
+    """What :func:`run_benchmark` wrote: rows (case x level x method), machine info, figures, table."""
+
+    output: Path
+    rows: list[dict[str, Any]]
+    machine: dict[str, Any]
+    memory_note: str
+    figures: list[Path]
+    markdown: str
+    summary: str
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, library versions and the date, for the results."""
+    import datetime
+    import platform
+    from importlib import metadata
+
+    from medidiff import __version__
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
+    versions: dict[str, str | None] = {}
+    for package in ("torch", "numpy", "scikit-image", "dipy", "monai"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "medidiff": __version__,
+        "versions": versions,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def _score(sample: Sample, image: np.ndarray) -> tuple[float, float]:
+    ref = metrics.apply_window(sample.clean, sample.window)
+    test = metrics.apply_window(np.asarray(image, np.float32), sample.window)
+    return (
+        metrics.psnr(ref, test, sample.mask, data_range=sample.data_range),
+        metrics.ssim(ref, test, sample.mask, data_range=sample.data_range),
+    )
+
+
+def run_benchmark(
+    cfg: BenchmarkConfig, output: str | os.PathLike[str], quick: bool = False, force: bool = False
+) -> BenchmarkReport:
+    """Run every case x noise level x method; write results.csv/.json/.md and figures to ``output``.
+
+    Raises:
+        OutputExistsError: ``output`` holds results already and ``force`` is False.
+    """
+    import importlib.util
+
+    from tqdm import tqdm
+
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise MedidiffError(f"{out}: exists and is not a folder; give a folder for --output")
+    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if existing and not force:
+        raise OutputExistsError(
+            f"{out}: holds results already ({existing[0]}); pass --force to overwrite them"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    methods = list(cfg.quick.methods if quick else cfg.methods)
+    skipped = []
+    if "bm4d" in methods and importlib.util.find_spec("bm4d") is None:
+        methods.remove("bm4d")
+        skipped.append("bm4d (not installed; `pip install bm4d`, non-commercial licence)")
+    # import the classical libraries before forking, so that no child times their import
+    import dipy.denoise.nlmeans  # noqa: F401
+    import skimage.restoration  # noqa: F401
+
+    machine = machine_info()
+    samples = make_samples(cfg, quick)
+    rows: list[dict[str, Any]] = []
+    views: list[dict[str, np.ndarray]] = []
+    modes: set[str] = set()
+    bar = tqdm(samples, desc="benchmark", unit="case", dynamic_ncols=True)
+    for sample in bar:
+        mr = sample.case.modality == "MR"
+        base = {
+            "case": sample.case.name,
+            "modality": sample.case.modality,
+            "noise_level": sample.level,
+            "noise_unit": "% of clean p99.9 (Rician)"
+            if mr
+            else "HU target over soft tissue (projection Poisson)",
+            "sigma_true": sample.sigma_true,
+            "sigma_unit": "fraction of clean p99.9" if mr else "HU",
+            "shape": "x".join(map(str, sample.clean.shape)),
+            "i0": sample.info.get("i0"),
+            "reference_sigma_est": sample.info.get("reference_sigma_est"),
+        }
+        position = sample.clean.shape[sample.slice_axis] // 2
+
+        def cut(image: np.ndarray, position: int = position, axis: int = sample.slice_axis) -> np.ndarray:
+            return np.take(image, position, axis)
+
+        view = {"clean": cut(sample.clean), "noisy": cut(sample.noisy)}
+        psnr_noisy, ssim_noisy = _score(sample, sample.noisy)
+        rows.append({**base, "method": "noisy", "psnr": psnr_noisy, "ssim": ssim_noisy})
+        for name in methods:
+            bar.set_postfix_str(f"{sample.case.name} {sample.level:g}: {name}")
+            row = {**base, "method": name}
+            try:
+                result, mode = measure_method(name, sample, cfg, quick)
+                modes.add(mode)
+                row["psnr"], row["ssim"] = _score(sample, result.denoised)
+                row.update(time_s=result.run_s, setup_s=result.setup_s, peak_mem_mb=result.peak_mem_mb)
+                row["sigma_est"] = result.sigma_est
+                view[name] = cut(result.denoised)
+                if name == "medidiff":
+                    view["residual medidiff"] = view["noisy"] - view[name]
+                if result.uncertainty is not None:
+                    row["uncertainty_mean"] = float(np.mean(result.uncertainty[sample.mask]))
+                    view[f"uncertainty {name}"] = cut(result.uncertainty)
+            except Exception as exc:  # noqa: BLE001 - one failing method must not stop the others
+                row["error"] = str(exc) or type(exc).__name__
+            rows.append(row)
+        views.append(view)
+    bar.close()
+    if not modes:
+        modes = {"vmhwm" if cfg.isolate else "none"}
+    note = "; ".join(MEMORY_NOTES[m] for m in sorted(modes))
+    figures = _figures(out, samples, views, rows)
+    markdown = format_markdown(rows, machine, note, quick, skipped)
+    _write_results(out, rows, machine, note, cfg, quick, skipped, markdown)
+    summary = f"{markdown}\nwrote {out / 'results.csv'}, results.json, results.md and {len(figures)} figures"
+    return BenchmarkReport(out, rows, machine, note, figures, markdown, summary)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _write_results(
+    out: Path, rows: list[dict[str, Any]], machine: dict[str, Any], note: str, cfg: BenchmarkConfig,
+    quick: bool, skipped: list[str], markdown: str,
+) -> None:  # fmt: skip
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_FIELDS})
+    write_text_atomic(out / "results.csv", buffer.getvalue())
+    document = {
+        "machine": machine,
+        "memory": note,
+        "time": "time_s: wall seconds of the denoising call; setup_s: model loading and similar, apart",
+        "metrics": {
+            "MR": "foreground PSNR/SSIM at peak 1 on the clean volume scaled to [0, 1] by its 99.9th "
+            "percentile, auto MR mask of the clean volume",
+            "CT": "PSNR/SSIM in the HU window [-1000, 1000], data range 2000, body mask of the clean volume",
+            "SSIM": "scikit-image structural_similarity map (7-voxel uniform window) averaged over the mask",
+        },
+        "quick": quick,
+        "skipped": skipped,
+        "config": dataclasses.asdict(cfg),
+        "rows": [{k: _json_value(v) for k, v in row.items()} for row in rows],
+    }
+    write_text_atomic(out / "results.json", json.dumps(document, indent=2) + "\n")
+    write_text_atomic(out / "results.md", markdown)
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def format_markdown(
+    rows: list[dict[str, Any]], machine: dict[str, Any], note: str, quick: bool, skipped: list[str]
+) -> str:
+    """The results table in Markdown, with the machine and the measurement conventions."""
+    kind = " (quick: centred crops, one noise level)" if quick else ""
+    torch_version = machine["versions"].get("torch")
+    lines = [
+        f"Benchmark{kind}, {machine['date']}, {machine['cpu']}, {machine['usable_cores']} usable cores, "
+        f"torch {torch_version}.",
+        "",
+        "MR: foreground PSNR/SSIM at peak 1 on [0, 1]-scaled data (auto mask); CT: HU window [-1000, 1000], "
+        "data range 2000, body mask. SSIM: scikit-image 7-voxel uniform window averaged over the mask. "
+        f"Time: wall seconds of the denoising call. Memory: {note}.",
+        "",
+        "| case | noise | sigma true | method | PSNR dB | SSIM | time s | peak MiB | sigma est | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        unit = "%" if r["modality"] == "MR" else " HU"
+        lines.append(
+            f"| {r['case']} | {r['noise_level']:g}{unit} | {_cell(r.get('sigma_true'), 4)} | {r['method']} | "
+            f"{_cell(r.get('psnr'), 2)} | {_cell(r.get('ssim'), 4)} | {_cell(r.get('time_s'), 2)} | "
+            f"{_cell(r.get('peak_mem_mb'), 0)} | {_cell(r.get('sigma_est'), 4)} | "
+            f"{(r.get('error') or '').replace('|', '/')} |"
+        )
+    own = {(r["case"], r.get("reference_sigma_est")) for r in rows if r["method"] == "noisy"}
+    lines += ["", "Noise already in the references (medidiff.noise.estimate_sigma, metric units): "]
+    lines[-1] += ", ".join(f"{case} {_cell(value, 4)}" for case, value in sorted(own, key=str)) + "."
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(skipped) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight")
+    return path
+
+
+def _figures(
+    out: Path, samples: list[Sample], views: list[dict[str, np.ndarray]], rows: list[dict[str, Any]]
+) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for sample, view in zip(samples, views, strict=True):
+        fig, axes = plt.subplots(1, len(view), figsize=(2.2 * len(view), 2.6), squeeze=False)
+        lo, hi = CT_DISPLAY_WINDOW if sample.case.modality == "CT" else (0.0, 1.0)
+        for ax, (title, image) in zip(axes[0], view.items(), strict=True):
+            style: dict[str, Any] = {"cmap": "gray", "vmin": lo, "vmax": hi}
+            if title.startswith("residual"):
+                style = {"cmap": "RdBu_r", "vmin": -3 * sample.sigma_true, "vmax": 3 * sample.sigma_true}
+            elif title.startswith("uncertainty"):
+                style = {"cmap": "magma", "vmin": 0.0, "vmax": float(np.percentile(image, 99.5)) or 1.0}
+            ax.imshow(np.rot90(image), interpolation="nearest", **style)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        window = "display W800/L200 HU" if sample.case.modality == "CT" else "display [0, 1]"
+        fig.suptitle(f"{sample.case.name}, noise {sample.level:g} ({window}, middle axial slice)", fontsize=9)
+        paths.append(_save_figure(fig, out / f"montage_{sample.case.name}_{sample.level:g}.png"))
+        plt.close(fig)
+    cases = list(dict.fromkeys(s.case.name for s in samples))
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.4), squeeze=False)
+    for ax, case in zip(axes[0], cases, strict=True):
+        case_rows = [r for r in rows if r["case"] == case and r.get("psnr") is not None]
+        for method in dict.fromkeys(r["method"] for r in case_rows):
+            points = sorted((r["noise_level"], r["psnr"]) for r in case_rows if r["method"] == method)
+            style = "--" if method == "noisy" else "-"
+            ax.plot(*zip(*points, strict=True), marker="o", linestyle=style, label=method)
+        mr = bool(case_rows) and case_rows[0]["modality"] == "MR"
+        ax.set_xlabel("Rician sigma (% of clean p99.9)" if mr else "soft-tissue noise target (HU)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(case, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    paths.append(_save_figure(fig, out / "psnr_vs_noise.png"))
+    plt.close(fig)
+    return paths
+
+
+def update_docs(report: BenchmarkReport, docs_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Rewrite the part of ``docs/benchmarks.md`` between the benchmark markers; copy the figures.
+
+    Figures go to ``docs/figures/``. The file is created with the markers when absent; text outside
+    the markers is kept.
+    """
+    docs = Path(docs_dir) if docs_dir is not None else REPO_ROOT / "docs"
+    (docs / "figures").mkdir(parents=True, exist_ok=True)
+    for path in report.figures:
+        shutil.copyfile(path, docs / "figures" / path.name)
+    links = "\n".join(f"![{p.stem}](figures/{p.name})" for p in report.figures)
+    section = f"{DOCS_START}\n{report.markdown}\n{links}\n{DOCS_END}"
+    target = docs / "benchmarks.md"
+    text = target.read_text(encoding="utf-8") if target.exists() else ""
+    if DOCS_START in text and DOCS_END in text:
+        head, rest = text.split(DOCS_START, 1)
+        text = head + section + rest.split(DOCS_END, 1)[1]
+    else:
+        intro = (
+            text
+            or "# Benchmarks\n\nGenerated by `medidiff benchmark --update-docs`; see docs/evaluation.md.\n"
+        )
+        text = intro.rstrip("\n") + "\n\n" + section + "\n"
+    return write_text_atomic(target, text)
