@@ -16,9 +16,11 @@ Rules (see ``docs/io.md``):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,12 +296,13 @@ def _pixels(label: str, path: str) -> np.ndarray:
     pydicom = _pydicom()
     from pydicom.pixels import apply_modality_lut
 
-    ds = pydicom.dcmread(path, force=True)
-    try:
-        array = ds.pixel_array
-    except Exception:  # noqa: BLE001 - no pydicom decoder: let GDCM try
-        return _pixels_gdcm(label, path)
-    values = np.asarray(apply_modality_lut(array, ds), dtype=np.float64)
+    with _quiet():
+        ds = pydicom.dcmread(path, force=True)
+        try:
+            array = ds.pixel_array
+        except Exception:  # noqa: BLE001 - no pydicom decoder: let GDCM try
+            return _pixels_gdcm(label, path)
+        values = np.asarray(apply_modality_lut(array, ds), dtype=np.float64)
     if values.shape != (int(ds.Rows), int(ds.Columns)):
         raise InputError(f"{label}: {Path(path).name} holds pixel data of shape {values.shape}, not "
                          f"{int(ds.Rows)}x{int(ds.Columns)}; the file is damaged")
@@ -405,17 +408,23 @@ def _pydicom() -> Any:
     return pydicom
 
 
-def _csareader() -> Any:
-    import warnings
-
-    with warnings.catch_warnings():  # nibabel.nicom warns that its DICOM *wrappers* are experimental
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence library warnings about odd tag values: the checks here decide what matters."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        yield
+
+
+def _csareader() -> Any:
+    with _quiet():  # nibabel.nicom warns that its DICOM *wrappers* are experimental
         from nibabel.nicom import csareader
     return csareader
 
 
 def _header(path: str) -> Any:
-    return _pydicom().dcmread(path, stop_before_pixels=True, force=True)
+    with _quiet():
+        return _pydicom().dcmread(path, stop_before_pixels=True, force=True)
 
 
 def _gdcm_groups(root: Path, recursive: bool) -> dict[str, list[str]]:

@@ -32,6 +32,8 @@ def describe(path: str | os.PathLike[str], series: str | int | None = None) -> d
     volume = read_volume(path, series=series)
     meta = volume.meta
     finite = np.isfinite(volume.data)
+    low: float | None
+    high: float | None
     if finite.all():
         low, high = float(volume.data.min()), float(volume.data.max())
     elif finite.any():

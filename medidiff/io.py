@@ -13,11 +13,15 @@ the problem and the fix; backend exceptions (nibabel, SimpleITK, pydicom, gzip) 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
+import logging
 import os
 import re
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,10 @@ SUPPORTED = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, a DICOM file or a folder o
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # integers beyond 2**24 are not all representable in float32, the Volume data type
 _FLOAT32_EXACT_INT = 2**24
-_INT_CANDIDATES = ("int16", "int32")
+# attribute of a NIfTI header read here that holds (fingerprint of the float32 data, stored array)
+# when float32 could not hold the stored values exactly, so an unchanged volume is still written
+# back bit for bit
+_STORED_ATTR = "_medidiff_stored"
 
 
 # ------------------------------------------------------------------------------------------- public
@@ -182,13 +189,25 @@ def _nibabel() -> Any:
     return nibabel
 
 
+@contextlib.contextmanager
+def _nibabel_silenced() -> Iterator[None]:
+    """nibabel prints header fixes ("qform_code 154 not valid; setting to 0") straight to stderr."""
+    logger = _nibabel().imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _read_nifti(path: Path) -> Volume:
     nib = _nibabel()
     gz = path.name.lower().endswith(".gz")
     header_class = _nifti_header_class(path, gz)
     try:
-        with nib.openers.ImageOpener(str(path), "rb") as fobj:
-            header = header_class.from_fileobj(fobj, check=True)
+        with nib.openers.ImageOpener(str(path), "rb") as fobj, _nibabel_silenced():
+            header = header_class.from_fileobj(fobj, check=True)  # the same fixes as nib.load
             dtype, shape = _checked_layout(path, header, gz)
             raw = nib.volumeutils.array_from_file(
                 shape, dtype, fobj, offset=header.get_data_offset(), order="F", mmap=False
@@ -206,13 +225,15 @@ def _read_nifti(path: Path) -> Volume:
                          "not NIfTI") from exc
     slope, inter = _slope_inter(header)
     data = _decode(raw, slope, inter)
-    if not _exact_in_float32(raw, data, slope, inter):
-        warnings.warn(f"{path}: some stored values are not exactly representable in float32 and were "
-                      "rounded; writing this volume stores float32", stacklevel=3)
+    exact = _exact_in_float32(raw, data, slope, inter)
     spatial = tuple(shape[:3]) + (1,) * (3 - min(len(shape), 3))
     n_volumes = int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1
     data4 = np.reshape(data, spatial + (n_volumes,), order="F")
     volume_data = np.ascontiguousarray(np.moveaxis(data4, -1, 0))
+    if not exact:
+        warnings.warn(f"{path}: some stored values are not exactly representable in float32 and were "
+                      "rounded in memory (unchanged data are still written back exactly)", stacklevel=3)
+        setattr(header, _STORED_ATTR, (_fingerprint(volume_data), raw))
     tags: dict[str, Any] = {}
     descrip = header["descrip"].item().decode("latin-1", "replace").strip("\x00 ")
     if descrip:
@@ -304,6 +325,8 @@ def _decode(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
 def _encode(values: np.ndarray, dtype: np.dtype, slope: float, inter: float) -> np.ndarray | None:
     """Stored values that decode exactly to ``values`` (float32), or None if there are none."""
     dtype = np.dtype(dtype)
+    if slope == 1.0 and inter == 0.0 and dtype.kind == "f" and dtype.itemsize == 4:
+        return values.astype(dtype)  # float32 holds float32: no round trip through float64
     if slope == 1.0 and inter == 0.0:
         stored = values.astype(np.float64)
     else:
@@ -333,6 +356,11 @@ def _exact_in_float32(raw: np.ndarray, data: np.ndarray, slope: float, inter: fl
     return encoded is not None and np.array_equal(encoded, raw, equal_nan=True)
 
 
+def _fingerprint(data: np.ndarray) -> str:
+    digest = hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=16)
+    return f"{data.shape}{data.dtype}{digest.hexdigest()}"
+
+
 def _chunks(shape: tuple[int, ...]) -> list[tuple[Any, ...]]:
     if len(shape) < 3:
         return [tuple(slice(None) for _ in shape)]
@@ -352,8 +380,15 @@ def _to_nifti(volume: Volume) -> tuple[Any, np.ndarray]:
     if source is not None:
         header = source.copy()
         slope, inter = _slope_inter(header)
-        raw = _encode(data4, header.get_data_dtype(), slope, inter)
-        if raw is None:  # new values (e.g. denoised) that the stored type cannot hold exactly
+        kept = getattr(source, _STORED_ATTR, None)
+        encoded: np.ndarray | None
+        if kept is not None and kept[0] == _fingerprint(volume.data):
+            encoded = np.reshape(kept[1], data4.shape, order="F")
+        else:
+            encoded = _encode(data4, header.get_data_dtype(), slope, inter)
+        if encoded is not None:
+            raw = encoded
+        else:  # new values (e.g. denoised) that the stored type cannot hold exactly
             raw = data4
             header.set_data_dtype(np.float32)
             header["scl_slope"], header["scl_inter"] = 1.0, 0.0
@@ -457,9 +492,10 @@ def _read_itk(path: Path, kind: str) -> Volume:
             raise InputError(f"{path}: the 4th axis mixes with space in its direction matrix; "
                              "store a separable 4D image")
         direction, spacing, origin = direction[:3, :3], spacing[:3], origin[:3]
+    space = min(dim, 3)
     lps = np.eye(4)
-    lps[:dim, :dim] = direction[:3, :3] * spacing[:3]
-    lps[:dim, 3] = origin[:3]
+    lps[:space, :space] = direction[:3, :3] * spacing[:3]
+    lps[:space, 3] = origin[:3]
     if components > 1:  # (Z, Y, X, C) or (Y, X, C)
         array = np.moveaxis(array, -1, 0)
     else:

@@ -180,10 +180,18 @@ def test_write_refuses_other_formats_and_existing_files(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(TEMP_PREFIX)]
 
 
-def test_int32_beyond_float32_precision_warns(tmp_path):
-    raw = np.array([[[2**24 + 1, 0]]], dtype=np.int32)
+@pytest.mark.parametrize("raw", [
+    np.array([[[2**24 + 1, 0]]], dtype=np.int32),
+    np.array([[[0.1, 1 / 3, 1e-300]]], dtype=np.float64),
+])
+def test_values_float32_cannot_hold_warn_and_still_round_trip(tmp_path, raw):
+    src = _save(tmp_path / "big.nii", raw, np.eye(4))
     with pytest.warns(UserWarning, match="float32"):
-        read_volume(_save(tmp_path / "big.nii", raw, np.eye(4)))
+        volume = read_volume(src)
+    assert _stored(write_volume(volume, tmp_path / "same.nii")) == _stored(src)
+    changed = nib.load(str(write_volume(volume.with_data(volume.data + 1), tmp_path / "changed.nii")))
+    assert changed.get_data_dtype() == raw.dtype
+    np.testing.assert_array_equal(changed.get_fdata(dtype=np.float32), volume.data[0] + 1)
 
 
 @pytest.mark.slow  # imports torch and MONAI (seconds)
