@@ -16,6 +16,13 @@ _API = {
     "read_volume": "medidiff.io",
     "write_volume": "medidiff.io",
     "MedidiffError": "medidiff.errors",
+    "denoise": "medidiff.inference",
+    "Denoiser": "medidiff.inference",
+    "DenoiseOptions": "medidiff.inference",
+    "train": "medidiff.train",
+    "load_config": "medidiff.config",
+    "evaluate": "medidiff.evaluate",
+    "load_model": "medidiff.checkpoint",
 }
 
 __all__ = ["__version__", *_API]

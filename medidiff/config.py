@@ -34,6 +34,7 @@ class DataConfig:
     modality: Literal["MR", "CT"] = "MR"
     patch_size: list[int] = field(default_factory=lambda: [32, 32, 32])
     synthetic_phantoms: int = 0
+    target_cleanup: Literal["none", "nlm"] = "none"
     foreground_fraction: float = 0.9
     skip_unreadable: bool = False
     num_workers: int = 0
@@ -65,7 +66,7 @@ class ModelConfig:
     num_res_blocks: int = 1
     norm_num_groups: int = 8
     num_head_channels: int = 8
-    use_flash_attention: bool = False
+    use_flash_attention: bool = True
     sigma_data: float = 0.5
 
 
@@ -260,6 +261,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             return str((base / p).resolve())
         return str(Path(p).expanduser()) if isinstance(p, str) and p else p
 
+    if isinstance(raw.get("output_dir"), str) and raw["output_dir"]:
+        raw["output_dir"] = fix(raw["output_dir"])
     data = raw.get("data")
     if isinstance(data, dict):
         for key in ("train", "val"):

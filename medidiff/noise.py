@@ -34,7 +34,10 @@ def add_rician(
     """
     sigma_t = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device)
     real = x0 + sigma_t * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    power = real**2 + (sigma_t * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)) ** 2
+    power = (
+        real**2
+        + (sigma_t * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)) ** 2
+    )
     for _ in range(n_coils - 1):
         for _part in range(2):
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

@@ -92,8 +92,39 @@ def foreground_maskd(key: str, mask_key: str, threshold: float) -> Any:
     return ForegroundMaskd([key])
 
 
+def nlm_cleanupd(key: str, modality: Literal["MR", "CT"]) -> Any:
+    """Lightly denoises ``key`` with DIPY's non-local means at its own estimated noise level.
+
+    Clinical scans used as training targets carry noise of their own; a model trained to reproduce
+    them learns to keep it. Cleaning the targets first (normalized units, so CT air is near 0 and
+    non-negative as DIPY expects) removes most of it at the price of slight NLM smoothing.
+    """
+    base = _map_transform_base()
+
+    class NlmCleanupd(base):  # type: ignore[misc, valid-type]
+        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            from dipy.denoise.nlmeans import nlmeans
+
+            from medidiff.noise import estimate_sigma
+
+            d = dict(data)
+            arr = np.asarray(d[key][0], dtype=np.float64)
+            shift = max(0.0, -float(arr.min()))
+            sigma = estimate_sigma(arr.astype(np.float32), "MR" if modality == "MR" else None)
+            cleaned = nlmeans(arr + shift, sigma=sigma, rician=modality == "MR") - shift
+            d[key] = d[key].clone()
+            d[key][0] = d[key].new_tensor(cleaned.astype(np.float32))
+            return d
+
+    return NlmCleanupd([key])
+
+
 def training_transforms(
-    modality: Literal["MR", "CT"], patch_size: list[int], foreground_fraction: float, paired: bool
+    modality: Literal["MR", "CT"],
+    patch_size: list[int],
+    foreground_fraction: float,
+    paired: bool,
+    target_cleanup: Literal["none", "nlm"] = "none",
 ) -> tuple[Any, Any]:
     """(deterministic, random) MONAI pipelines for training.
 
@@ -111,7 +142,6 @@ def training_transforms(
         RandFlipd,
         RandRotate90d,
         RandScaleIntensityd,
-        SpatialPadd,
     )
 
     keys = ["image", "target"] if paired else ["image"]
@@ -120,10 +150,10 @@ def training_transforms(
     deterministic = Compose(
         [
             EnsureTyped(keys=keys, track_meta=True),
-            Orientationd(keys=keys, axcodes="RAS"),
+            Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             normalize_intensityd(keys, modality),
+            *([nlm_cleanupd(keys[-1], modality)] if target_cleanup == "nlm" else []),
             foreground_maskd(keys[-1], "foreground", 0.05 if modality == "MR" else 0.3),
-            SpatialPadd(keys=[*keys, "foreground"], spatial_size=patch_size),
         ]
     )
     augment: list[Any] = [

@@ -1,0 +1,180 @@
+"""Denoising many scans: output naming, BIDS derivatives, JSON sidecars, skip-finished reruns.
+
+Names follow inputs: ``scan.nii.gz`` -> ``OUT/scan.nii.gz``; a DICOM folder ``series1/`` ->
+``OUT/series1.nii.gz``. When the input folder is a BIDS dataset (it has
+``dataset_description.json``), outputs keep their relative paths under ``OUT`` with a
+``desc-denoised`` entity (``sub-01_desc-denoised_T1w.nii.gz``) and ``OUT`` gets its own
+``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``). An output whose JSON
+sidecar exists is finished: a rerun skips it unless ``force``, so an interrupted batch continues
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medidiff import __version__
+from medidiff.errors import MedidiffError
+from medidiff.files import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and where its outputs go."""
+
+    source: Path
+    output: Path
+    uncertainty: Path | None = None
+
+
+def strip_suffix(name: str) -> str:
+    for suffix in (*INPUT_SUFFIXES, ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def sidecar_path(output: Path) -> Path:
+    return output.with_name(strip_suffix(output.name) + ".json")
+
+
+def bids_denoised_name(name: str) -> str:
+    """``sub-01_ses-1_T1w.nii.gz`` -> ``sub-01_ses-1_desc-denoised_T1w.nii.gz`` (replacing any desc-)."""
+    stem = strip_suffix(name)
+    parts = stem.split("_")
+    entities = [p for p in parts[:-1] if not p.startswith("desc-")]
+    suffix = parts[-1] if len(parts) > 1 else "scan"
+    if len(parts) == 1:
+        entities = [stem]
+    return "_".join([*entities, "desc-denoised", suffix]) + ".nii.gz"
+
+
+def _is_bids_root(folder: Path) -> bool:
+    return (folder / "dataset_description.json").is_file()
+
+
+def _folder_inputs(folder: Path) -> list[Path]:
+    from medidiff.data import _scan_folder
+
+    return [Path(item.image) for item in _scan_folder(folder)]
+
+
+def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[list[Job], Path | None]:
+    """Map inputs to outputs. Returns (jobs, BIDS output root or None).
+
+    One input file (or one DICOM folder) with ``output`` not an existing folder: a single job
+    writing exactly ``output``. Otherwise ``output`` is a folder (created if missing).
+    """
+    paths = [Path(p).expanduser() for p in inputs]
+    for p in paths:
+        if not p.exists():
+            raise MedidiffError(f"{p}: no such file or folder")
+    out = Path(output).expanduser()
+    single_file = len(paths) == 1 and (
+        paths[0].is_file() or not _folder_inputs(paths[0]) or _is_dicom_dir(paths[0])
+    )
+    if single_file and not out.is_dir():
+        if not out.name.lower().endswith(NIFTI_SUFFIXES):
+            raise MedidiffError(f"{out}: the output must be a .nii or .nii.gz file (or an existing folder)")
+        return [Job(paths[0], out, Path(uncertainty) if uncertainty else None)], None
+    out.mkdir(parents=True, exist_ok=True)
+    unc_dir = Path(uncertainty).expanduser() if uncertainty else None
+    if unc_dir is not None:
+        unc_dir.mkdir(parents=True, exist_ok=True)
+    jobs: list[Job] = []
+    bids_root = None
+    for p in paths:
+        if p.is_dir() and not _is_dicom_dir(p):
+            bids = _is_bids_root(p)
+            bids_root = out if bids else bids_root
+            for src in _folder_inputs(p):
+                rel = src.relative_to(p)
+                name = bids_denoised_name(rel.name) if bids else strip_suffix(rel.name) + ".nii.gz"
+                target = out / rel.parent / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                unc = None
+                if unc_dir is not None:
+                    unc = unc_dir / rel.parent / (strip_suffix(name) + "_uncertainty.nii.gz")
+                    unc.parent.mkdir(parents=True, exist_ok=True)
+                jobs.append(Job(src, target, unc))
+        else:
+            name = strip_suffix(p.name) + ".nii.gz"
+            unc = unc_dir / (strip_suffix(name) + "_uncertainty.nii.gz") if unc_dir else None
+            jobs.append(Job(p, out / name, unc))
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        if job.output in seen:
+            raise MedidiffError(
+                f"{job.source} and {seen[job.output]} would both write {job.output}; rename one"
+            )
+        seen[job.output] = job.source
+    if not jobs:
+        raise MedidiffError(f"{', '.join(inputs)}: no scans found (NIfTI, NRRD, MHA or DICOM)")
+    return jobs, bids_root
+
+
+def _is_dicom_dir(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    from medidiff.data import _looks_like_dicom
+
+    return any(_looks_like_dicom(f) for f in list(path.iterdir())[:50] if f.is_file())
+
+
+def write_bids_description(root: Path) -> None:
+    desc = {
+        "Name": "medidiff denoised scans",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [
+            {"Name": "medidiff", "Version": __version__, "Description": "noise-matched diffusion denoising"}
+        ],
+    }
+    write_text_atomic(root / "dataset_description.json", json.dumps(desc, indent=2) + "\n")
+
+
+@dataclass
+class BatchReport:
+    done: list[Path]
+    skipped: list[Path]
+    failed: list[tuple[Path, str]]
+
+
+def run_jobs(
+    jobs: list[Job],
+    work: Callable[[Job], dict[str, Any]],
+    force: bool,
+    on_progress: Callable[[str], None] = print,
+) -> BatchReport:
+    """Run ``work`` on each job; finished outputs are skipped, a failing job is reported and skipped."""
+    report = BatchReport([], [], [])
+    single = len(jobs) == 1
+    for n, job in enumerate(jobs, 1):
+        prefix = "" if single else f"[{n}/{len(jobs)}] "
+        if not force and job.output.exists() and sidecar_path(job.output).exists() and not single:
+            report.skipped.append(job.output)
+            on_progress(f"{prefix}{job.output}: done already, skipped (use --force to redo)")
+            continue
+        try:
+            info = work(job)
+        except MedidiffError as exc:
+            if single:
+                raise
+            report.failed.append((job.source, str(exc)))
+            on_progress(f"{prefix}{job.source}: FAILED: {exc}")
+            continue
+        report.done.append(job.output)
+        sigma = info.get("sigma")
+        shown = f"{sigma:.4g}" if isinstance(sigma, float) else sigma
+        on_progress(f"{prefix}{job.output}: done (sigma {shown}, {info.get('wall_time_s')} s)")
+    return report

@@ -1,0 +1,107 @@
+"""``medidiff denoise``: options to :class:`~medidiff.inference.Denoiser`, jobs to files.
+
+SIGTERM is turned into an interrupt so the atomic writers remove their temporary files exactly as
+on Ctrl-C: an interrupted run leaves finished outputs and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import signal
+import sys
+from typing import Any
+
+from medidiff import __version__
+from medidiff.errors import MedidiffError
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM arrives."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def install_sigterm_handler() -> None:
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def run_denoise(args: argparse.Namespace) -> int:
+    from medidiff.batch import Job, plan_jobs, run_jobs, sidecar_path, write_bids_description
+    from medidiff.files import check_output, write_text_atomic
+    from medidiff.inference import DenoiseOptions, Denoiser
+    from medidiff.io import read_volume, write_volume
+
+    install_sigterm_handler()
+    options = DenoiseOptions(
+        sigma=args.sigma,
+        steps=args.steps,
+        sampler=args.sampler,
+        samples=args.samples,
+        strength=args.strength,
+        seed=args.seed,
+        roi_size=tuple(args.roi_size) if args.roi_size else None,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+    ).resolved()  # bad values fail here, before any model loads
+    if args.uncertainty and options.samples < 2:
+        raise MedidiffError("--uncertainty needs --samples 2 or more (it is the spread over samples)")
+    jobs, bids_root = plan_jobs(args.inputs, args.output, args.uncertainty)
+    if len(jobs) == 1:
+        check_output(jobs[0].output, args.force)
+        if jobs[0].uncertainty is not None:
+            check_output(jobs[0].uncertainty, args.force)
+    elif args.series is not None:
+        raise MedidiffError("--series applies to a single DICOM folder input")
+    denoiser = Denoiser(model=args.model, device=args.device)
+    run_options = {
+        k: getattr(options, k)
+        for k in (
+            "sigma",
+            "steps",
+            "sampler",
+            "samples",
+            "strength",
+            "seed",
+            "roi_size",
+            "overlap",
+            "batch_size",
+        )
+    }
+
+    def work(job: Job) -> dict[str, Any]:
+        volume = read_volume(job.source, series=args.series)
+        result = denoiser.denoise_volume(volume, modality=args.modality, **run_options)
+        write_volume(result.volume, job.output, force=args.force)
+        if job.uncertainty is not None and result.uncertainty is not None:
+            write_volume(result.uncertainty, job.uncertainty, force=args.force)
+        info = {
+            "medidiff_version": __version__,
+            "input": str(job.source),
+            "output": str(job.output),
+            **result.info,
+            "python": platform.python_version(),
+        }
+        if job.uncertainty is not None:
+            info["uncertainty"] = str(job.uncertainty)
+        if not args.no_sidecar:
+            write_text_atomic(sidecar_path(job.output), json.dumps(info, indent=2) + "\n", force=True)
+        return info
+
+    report = run_jobs(jobs, work, args.force)
+    if bids_root is not None:
+        write_bids_description(bids_root)
+    if len(jobs) > 1:
+        print(
+            f"{len(report.done)} denoised, {len(report.skipped)} skipped (done before), "
+            f"{len(report.failed)} failed"
+        )
+    if report.failed:
+        for source, why in report.failed:
+            print(f"failed: {source}: {why}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,384 @@
+"""The training loop: EDM loss on noisy patches, AdamW, EMA, bf16 on CUDA, checkpoints, resume, DDP.
+
+Run with ``medidiff train --config configs/mri.yaml`` on one device, or unchanged under
+``torchrun --nproc_per_node N medidiff train ...``: each rank draws its own slice of the global
+sample stream (see :mod:`medidiff.data`), gradients are averaged by DDP, and rank 0 alone writes.
+Checkpoints are written every ``train.save_every`` steps, at the end, and when SIGTERM or SIGINT
+arrives (cluster preemption), so a killed run resumes with ``--resume RUN`` losing at most the steps
+since the last save. Randomness depends only on (seed, step, rank), so a resumed run continues
+exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medidiff.config import Config, load_config, save_config
+from medidiff.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    step: int
+    interrupted: bool
+    last_loss: float | None
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, local
+
+
+def _pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is cuda but no CUDA device is available; use auto or cpu")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------- noise levels and batches
+
+
+def draw_sigmas(cfg: Config, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmas (B,), is_scan_noise (B,) bool): log-uniform levels in the scan range with the scan's
+    noise model, otherwise over the whole schedule range with Gaussian noise."""
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    scan = torch.rand(batch, generator=generator) < cfg.noise.scan_fraction
+    lo = torch.where(scan, math.log(cfg.noise.scan_sigma_min), math.log(cfg.schedule.sigma_min))
+    hi = torch.where(scan, math.log(cfg.noise.scan_sigma_max), math.log(cfg.schedule.sigma_max))
+    return torch.exp(lo + u * (hi - lo)).float(), scan
+
+
+def make_noisy(
+    cfg: Config, x0: torch.Tensor, sigma: torch.Tensor, scan: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Noisy versions of the clean patches ``x0`` (B, 1, X, Y, Z), generated on the CPU for replay."""
+    from medidiff.noise import add_noise
+
+    s = sigma.view(-1, 1, 1, 1, 1)
+    realistic = add_noise(x0, s, cfg.noise.kind, generator)
+    gaussian = add_noise(x0, s, "gaussian", generator)
+    return torch.where(scan.view(-1, 1, 1, 1, 1), realistic, gaussian)
+
+
+# ---------------------------------------------------------------- run folder bookkeeping
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON record per logged step; on resume, records past the checkpoint go."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+            path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def validate(denoiser: Any, dataset: Any, cfg: Config, device: torch.device) -> dict[str, float]:
+    """Single-step PSNR/SSIM (peak 1, normalized units) of ``denoiser`` on fixed validation patches."""
+    from skimage.metrics import structural_similarity
+
+    levels = [0.02, 0.05, 0.1]
+    psnrs, ssims = [], []
+    for i in range(cfg.data.val_patches):
+        x0 = dataset.sample(i)["x0"][None]
+        g = torch.Generator().manual_seed(10_000 + i)
+        sigma = torch.tensor([levels[i % len(levels)]])
+        noisy = make_noisy(cfg, x0, sigma, torch.tensor([True]), g)
+        den = denoiser(noisy.to(device), sigma.to(device)).float().cpu()
+        mse = float(((den - x0) ** 2).mean())
+        psnrs.append(10 * math.log10(1.0 / max(mse, 1e-12)))
+        ssims.append(float(structural_similarity(x0[0, 0].numpy(), den[0, 0].numpy(), data_range=1.0)))
+    return {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def prepare_run(
+    config_path: str | None, overrides: list[str], resume: str | None
+) -> tuple[Config, Path, bool]:
+    """Resolve the config and run folder; on resume, only training-length keys may change."""
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"{run_dir}: not a run folder (no config.yaml); give the folder a run wrote")
+        old = load_config(run_dir / "config.yaml")
+        cfg = load_config(run_dir / "config.yaml", overrides)
+        if cfg.model != old.model or cfg.schedule != old.schedule:
+            raise ConfigError("--resume cannot change model.* or schedule.* keys; start a new run instead")
+        cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
+        return cfg, run_dir, True
+    cfg = load_config(config_path, overrides)
+    run_dir = Path(cfg.output_dir)
+    if (run_dir / "checkpoints").exists():
+        raise ConfigError(
+            f"{run_dir}: holds a run already; continue it with --resume {run_dir} or pick output_dir"
+        )
+    if not cfg.data.train and not cfg.data.synthetic_phantoms:
+        raise ConfigError("data.train is empty; set it in the config or with --set data.train=FOLDER")
+    return cfg, run_dir, False
+
+
+def train(
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    resume: str | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train (or resume) a run. Returns when ``train.max_steps`` is reached or a signal arrives."""
+    from medidiff.checkpoint import (
+        build_denoiser,
+        latest_checkpoint,
+        load_checkpoint,
+        restore_optimizer,
+        save_checkpoint,
+        split_weights,
+    )
+    from medidiff.data import IndexRange, PatchDataset, discover
+
+    cfg, run_dir, resuming = prepare_run(config_path, overrides or [], resume)
+    rank, world, local_rank = _dist_env()
+    device = _pick_device(cfg.train.device, local_rank)
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    is_main = rank == 0
+
+    train_items = discover(cfg.data.train, "training")
+    train_set = PatchDataset(
+        train_items,
+        cfg.data.modality,
+        cfg.data.patch_size,
+        cfg.data.foreground_fraction,
+        cfg.train.seed,
+        cfg.data.skip_unreadable,
+        cfg.data.synthetic_phantoms,
+        cfg.data.target_cleanup,
+    )
+    val_set = None
+    if cfg.data.val and cfg.train.val_every > 0:
+        val_items = discover(cfg.data.val, "validation")
+        val_set = PatchDataset(
+            val_items,
+            cfg.data.modality,
+            cfg.data.patch_size,
+            cfg.data.foreground_fraction,
+            cfg.train.seed + 1,
+            cfg.data.skip_unreadable,
+            target_cleanup=cfg.data.target_cleanup,
+        )
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = build_denoiser(cfg).to(device)
+    ema = copy.deepcopy(model.net).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(
+        model.net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
+    start_step = 0
+    if resuming:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is not None:
+            weights, opt_tensors, state = load_checkpoint(ckpt)
+            model.net.load_state_dict(split_weights(weights, "model"))
+            ema.load_state_dict(split_weights(weights, "ema"))
+            restore_optimizer(optimizer, opt_tensors, state)
+            start_step = int(state["step"])
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if resuming else None)
+        if train_set.skipped:
+            log.warning("skipped %d unreadable training files", len(train_set.skipped))
+
+    net: torch.nn.Module = model.net
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last_3d)
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(net, device_ids=[local_rank] if device.type == "cuda" else None)
+    model.net = net  # the wrapper calls the (possibly DDP-wrapped) net
+
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=cfg.train.batch_size,
+        sampler=IndexRange(start_step, cfg.train.batch_size, rank, world),
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+    use_bf16 = device.type == "cuda" and cfg.train.bf16
+    show = progress if progress is not None else (is_main and sys.stderr.isatty())
+    bar = _progress(cfg.train.max_steps, start_step, bool(show))
+    step, last_loss, interrupted = start_step, None, False
+    window_start, window_steps = time.perf_counter(), 0
+
+    def save(at: int) -> None:
+        if is_main:
+            raw = net.module if distributed else net
+            save_checkpoint(
+                run_dir, at, raw, ema, optimizer, {"config": "config.yaml"}, cfg.train.keep_checkpoints
+            )
+
+    with _StopFlag() as stop:
+        batches = iter(loader)
+        while step < cfg.train.max_steps:
+            batch = next(batches)
+            g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * world + rank)
+            x0 = batch["x0"]
+            sigma, scan = draw_sigmas(cfg, x0.shape[0], g)
+            if "noisy" in batch:  # real pairs: their own noise at its measured level, else synthetic
+                real_sigma = (batch["noisy"] - x0).flatten(1).std(dim=1).clamp_min(cfg.schedule.sigma_min)
+                use_real = scan.clone()
+                noisy = make_noisy(cfg, x0, sigma, scan, g)
+                noisy = torch.where(use_real.view(-1, 1, 1, 1, 1), batch["noisy"], noisy)
+                sigma = torch.where(use_real, real_sigma, sigma)
+            else:
+                noisy = make_noisy(cfg, x0, sigma, scan, g)
+            x0, noisy, sigma = x0.to(device), noisy.to(device), sigma.to(device)
+            if device.type == "cuda":
+                x0 = x0.to(memory_format=torch.channels_last_3d)
+                noisy = noisy.to(memory_format=torch.channels_last_3d)
+            lr = cfg.train.lr * min(1.0, (step + 1) / max(1, cfg.train.lr_warmup_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                loss = model.loss(x0, noisy, sigma)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at step {step + 1}; lower train.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                raw = net.module if distributed else net
+                decay = min(cfg.train.ema_decay, (1 + step) / (10 + step))
+                for e, p in zip(ema.parameters(), raw.parameters(), strict=True):
+                    e.lerp_(p.detach(), 1.0 - decay)
+            step += 1
+            window_steps += 1
+            last_loss = float(loss.detach())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+            if is_main and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
+                elapsed = time.perf_counter() - window_start
+                record: dict[str, Any] = {
+                    "step": step,
+                    "loss": last_loss,
+                    "lr": lr,
+                    "steps_per_s": window_steps / max(elapsed, 1e-9),
+                }
+                if val_set is not None and step % cfg.train.val_every == 0:
+                    was_net = model.net
+                    model.net = ema
+                    record.update(validate(model, val_set, cfg, device))
+                    model.net = was_net
+                metrics.write(record)
+                if bar is None:
+                    left = (cfg.train.max_steps - step) / max(record["steps_per_s"], 1e-9)
+                    log.info(
+                        "step %d/%d loss %.4f %.2f steps/s eta %.0fs",
+                        step,
+                        cfg.train.max_steps,
+                        last_loss,
+                        record["steps_per_s"],
+                        left,
+                    )
+                window_start, window_steps = time.perf_counter(), 0
+            stop_now = stop.signum is not None
+            if distributed:
+                import torch.distributed as dist
+
+                flag = torch.tensor([1.0 if stop_now else 0.0], device=device)
+                dist.all_reduce(flag)
+                stop_now = bool(flag.item() > 0)
+            if stop_now:
+                interrupted = True
+                save(step)
+                break
+            if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
+                save(step)
+        if not interrupted:
+            save(step)
+    if bar is not None:
+        bar.close()
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainResult(run_dir=run_dir, step=step, interrupted=interrupted, last_loss=last_loss)
