@@ -42,8 +42,12 @@ TAG_KEYWORDS = (
     "FlipAngle", "SliceThickness", "SpacingBetweenSlices", "KVP", "ConvolutionKernel",
     "BodyPartExamined", "ImageType", "ProtocolName", "SequenceName", "StudyDescription",
 )
-_VOLUME_TAGS = ("AcquisitionNumber", "TemporalPositionIdentifier", "TriggerTime", "DiffusionBValue",
-                "InversionTime", "ImageType", "EchoNumbers", "AcquisitionTime")
+_VOLUME_TAGS = ("AcquisitionNumber", "TemporalPositionIdentifier", "TemporalPositionIndex", "StackID",
+                "TriggerTime", "DiffusionBValue", "InversionTime", "ImageType", "EchoNumbers",
+                "AcquisitionTime")
+
+
+Headers = list[tuple[str, Any]]  # (file, dataset) per slice; frames of one file share the file
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,11 @@ class SeriesInfo:
     modality: str
     number: int | None
     files: tuple[str, ...]
+    n_images: int  # files x frames per file
 
     def summary(self) -> str:
         desc = self.description or "no description"
-        return f"[{self.index}] {self.uid} '{desc}' {len(self.files)} slices {self.modality or '?'}"
+        return f"[{self.index}] {self.uid} '{desc}' {self.n_images} slices {self.modality or '?'}"
 
 
 def find_series(folder: str | os.PathLike[str], recursive: bool = True) -> list[SeriesInfo]:
@@ -76,9 +81,10 @@ def find_series(folder: str | os.PathLike[str], recursive: bool = True) -> list[
             str(ds.get("SeriesDescription", "") or "").strip(),
             str(ds.get("Modality", "") or ""),
             tuple(files),
+            len(files) * int(ds.get("NumberOfFrames", 1) or 1),
         ))
     infos.sort(key=lambda t: (t[0] is None, t[0] or 0, t[1]))
-    return [SeriesInfo(i, uid, desc, mod, num, files) for i, (num, uid, desc, mod, files) in enumerate(infos)]
+    return [SeriesInfo(i, *info[1:4], info[0], *info[4:]) for i, info in enumerate(infos)]
 
 
 def read_dicom(path: str | os.PathLike[str], series: str | int | None = None) -> Volume:
@@ -138,11 +144,14 @@ def _read_series(src: Path, info: SeriesInfo) -> Volume:
     if int(first.get("SamplesPerPixel", 1) or 1) != 1 or not photometric.startswith("MONOCHROME"):
         raise InputError(f"{label}: colour image ({photometric}); medidiff reads greyscale scans only")
     frames = max(int(ds.get("NumberOfFrames", 1) or 1) for _, ds in headers)
+    enhanced = "PerFrameFunctionalGroupsSequence" in first
     if _is_mosaic(first):
         data, affine, extra = _read_mosaic(label, headers)
+    elif enhanced:
+        data, affine, extra = _read_slices(label, [rec for f, ds in headers for rec in _frames(label, f, ds)])
     elif frames > 1:
-        raise InputError(f"{label}: multi-frame (enhanced) DICOM with {frames} frames per file is not "
-                         "supported; convert it with dcm2niix and pass the NIfTI")
+        raise InputError(f"{label}: multi-frame DICOM without per-frame geometry ({frames} frames per "
+                         "file) is not supported; convert it with dcm2niix and pass the NIfTI")
     else:
         data, affine, extra = _read_slices(label, headers)
     tags = _tags(first)
@@ -160,7 +169,7 @@ def _read_series(src: Path, info: SeriesInfo) -> Volume:
     return Volume(data, meta)
 
 
-def _read_slices(label: str, headers: list[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _read_slices(label: str, headers: Headers) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Classic one-slice-per-file series -> (C, X, Y, Z) data, LPS affine, extra tags."""
     needed = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
     missing = [Path(f).name for f, ds in headers if not all(k in ds for k in needed)]
@@ -174,7 +183,7 @@ def _read_slices(label: str, headers: list[tuple[str, Any]]) -> tuple[np.ndarray
     normal = np.cross(row, col)
     row_spacing, col_spacing = _floats(first.PixelSpacing, 2)
     echoes = _echo_groups(label, headers)
-    ordered: list[list[tuple[str, Any]]] = []
+    ordered: list[Headers] = []
     step = 0.0
     first_position = np.zeros(3)
     for echo, group in echoes:
@@ -196,16 +205,26 @@ def _read_slices(label: str, headers: list[tuple[str, Any]]) -> tuple[np.ndarray
     affine[:3, 3] = first_position
     rows, cols = int(first.Rows), int(first.Columns)
     data = np.empty((len(ordered), cols, rows, n_slices), dtype=np.float32)
+    decoded: dict[str, np.ndarray] = {}  # the frames of the multi-frame file being read
     for c, group in enumerate(ordered):
-        for z, (path, _) in enumerate(group):
-            data[c, :, :, z] = _pixels(label, path).T
-    extra: dict[str, Any] = {"n_files": len(headers)}
+        for z, (path, ds) in enumerate(group):
+            frame = getattr(ds, "_medidiff_frame", None)
+            if frame is None:
+                data[c, :, :, z] = _pixels(label, path).T
+                continue
+            if path not in decoded:
+                decoded = {path: _stored_frames(label, path)}
+            slope = float(ds.get("RescaleSlope", 1) or 1)
+            data[c, :, :, z] = (decoded[path][frame] * slope + float(ds.get("RescaleIntercept", 0) or 0)).T
+    extra: dict[str, Any] = {"n_files": len({path for path, _ in headers})}
     if len(echoes) > 1:
         extra["EchoTime"] = [echo for echo, _ in echoes]
+    elif "EchoTime" in first:
+        extra["EchoTime"] = float(first.EchoTime)
     return data, affine, extra
 
 
-def _check_uniform(label: str, headers: list[tuple[str, Any]]) -> None:
+def _check_uniform(label: str, headers: Headers) -> None:
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
     if len(sizes) > 1:
         raise InputError(f"{label}: mixed image sizes {sorted(sizes)} in one series; export the series again "
@@ -229,12 +248,9 @@ def _check_uniform(label: str, headers: list[tuple[str, Any]]) -> None:
                          "series again")
 
 
-Headers = list[tuple[str, Any]]
-
-
 def _echo_groups(label: str, headers: Headers) -> list[tuple[float | None, Headers]]:
     """Split by EchoTime (several values = a multi-echo series), ordered by echo time."""
-    groups: dict[float | None, list[tuple[str, Any]]] = {}
+    groups: dict[float | None, Headers] = {}
     for f, ds in headers:
         te = ds.get("EchoTime")
         key = round(float(te), 4) if te not in (None, "") else None
@@ -247,8 +263,8 @@ def _echo_groups(label: str, headers: Headers) -> list[tuple[float | None, Heade
 
 
 def _order_slices(
-    label: str, group: list[tuple[str, Any]], normal: np.ndarray, pixel: float
-) -> tuple[list[tuple[str, Any]], float, np.ndarray]:
+    label: str, group: Headers, normal: np.ndarray, pixel: float
+) -> tuple[Headers, float, np.ndarray]:
     """Sort by position along the normal and refuse every irregular stack. Returns (slices, step, origin)."""
     positions = np.array([_position(ds) for _, ds in group])
     along = positions @ normal
@@ -323,6 +339,62 @@ def _pixels_gdcm(label: str, path: str) -> np.ndarray:
     return values.reshape(image.GetHeight(), image.GetWidth())
 
 
+# ------------------------------------------------------------------------------------------- enhanced
+
+# functional group -> (attribute in its item, attribute of the flattened per-frame record)
+_FRAME_GROUPS = {
+    "PlanePositionSequence": (("ImagePositionPatient", "ImagePositionPatient"),),
+    "PlaneOrientationSequence": (("ImageOrientationPatient", "ImageOrientationPatient"),),
+    "PixelMeasuresSequence": (("PixelSpacing", "PixelSpacing"), ("SliceThickness", "SliceThickness"),
+                              ("SpacingBetweenSlices", "SpacingBetweenSlices")),
+    "PixelValueTransformationSequence": (("RescaleSlope", "RescaleSlope"),
+                                         ("RescaleIntercept", "RescaleIntercept")),
+    "MREchoSequence": (("EffectiveEchoTime", "EchoTime"),),
+    "FrameContentSequence": (("TemporalPositionIndex", "TemporalPositionIndex"), ("StackID", "StackID"),
+                             ("FrameAcquisitionNumber", "AcquisitionNumber")),
+    "MRDiffusionSequence": (("DiffusionBValue", "DiffusionBValue"),),
+    "MRImageFrameTypeSequence": (("FrameType", "ImageType"),),
+    "CTImageFrameTypeSequence": (("FrameType", "ImageType"),),
+}
+
+
+def _frames(label: str, path: str, ds: Any) -> Headers:
+    """An enhanced multi-frame file as one record per frame, each with its geometry flattened."""
+    pydicom = _pydicom()
+    shared_seq = ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if len(per_frame) != n_frames:
+        raise InputError(f"{label}: {Path(path).name} has {n_frames} frames but {len(per_frame)} per-frame "
+                         "functional groups; the file is damaged")
+    records = []
+    for index, groups in enumerate(per_frame):
+        record = pydicom.Dataset()
+        record.Rows, record.Columns = ds.Rows, ds.Columns
+        for sequence, fields in _FRAME_GROUPS.items():
+            items = groups.get(sequence) or shared_seq[0].get(sequence) or [pydicom.Dataset()]
+            for source, target in fields:
+                if source in items[0]:
+                    setattr(record, target, items[0][source].value)
+        record._medidiff_frame = index
+        records.append((path, record))
+    return records
+
+
+def _stored_frames(label: str, path: str) -> np.ndarray:
+    """All frames of a multi-frame file as stored (frames, rows, cols), float64."""
+    with _quiet():
+        ds = _pydicom().dcmread(path, force=True)
+        try:
+            array = np.asarray(ds.pixel_array, dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure
+            from medidiff.io import one_line
+
+            raise InputError(f"{label}: cannot decode the pixels of {Path(path).name} ({one_line(exc)}); "
+                             "decompress it (e.g. with gdcmconv --raw) and try again") from exc
+    return array.reshape(int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns))
+
+
 # ------------------------------------------------------------------------------------------- mosaic
 
 
@@ -331,7 +403,7 @@ def _is_mosaic(ds: Any) -> bool:
     return "MOSAIC" in image_type or (0x0019, 0x100A) in ds
 
 
-def _read_mosaic(label: str, headers: list[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _read_mosaic(label: str, headers: Headers) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Siemens mosaic: each file tiles one 3D volume; several files are time points (4D)."""
     csareader = _csareader()
     first = headers[0][1]
@@ -448,7 +520,7 @@ def _gdcm_groups(root: Path, recursive: bool) -> dict[str, list[str]]:
     return groups
 
 
-def _unique_instances(headers: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+def _unique_instances(headers: Headers) -> Headers:
     """Drop exact copies of one instance (same SOPInstanceUID): they add nothing."""
     seen: set[str] = set()
     unique = []

@@ -36,6 +36,7 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 SUPPORTED = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, a DICOM file or a folder of DICOM files"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+COMPRESS_LEVEL = 1  # nibabel's default: fast, and most of the size gain of level 9 on scans
 # integers beyond 2**24 are not all representable in float32, the Volume data type
 _FLOAT32_EXACT_INT = 2**24
 # attribute of a NIfTI header read here that holds (fingerprint of the float32 data, stored array)
@@ -206,7 +207,7 @@ def _read_nifti(path: Path) -> Volume:
     gz = path.name.lower().endswith(".gz")
     header_class = _nifti_header_class(path, gz)
     try:
-        with nib.openers.ImageOpener(str(path), "rb") as fobj, _nibabel_silenced():
+        with _open(path, "rb", gz) as fobj, _nibabel_silenced():
             header = header_class.from_fileobj(fobj, check=True)  # the same fixes as nib.load
             dtype, shape = _checked_layout(path, header, gz)
             raw = nib.volumeutils.array_from_file(
@@ -452,10 +453,23 @@ def _stored_shape(original: tuple[int, ...], data_shape: tuple[int, ...]) -> tup
     return spatial if n_volumes == 1 else tuple(data_shape)
 
 
+@contextlib.contextmanager
+def _open(path: Path, mode: str, gz: bool) -> Iterator[Any]:
+    """A file object; gzip decided by the caller (names are matched case-insensitively)."""
+    with open(path, mode) as raw:
+        if not gz:
+            yield raw
+            return
+        # mtime=0 and no name in the gzip header: the same volume always gives the same bytes
+        with gzip.GzipFile(filename="", mode=mode, fileobj=raw, compresslevel=COMPRESS_LEVEL, mtime=0) as fobj:
+            yield fobj
+
+
 def _write_nifti(path: Path, header: Any, raw: np.ndarray) -> None:
     nib = _nibabel()
     dtype = header.get_data_dtype()
-    with nib.openers.ImageOpener(str(path), "wb") as fobj:
+    gz = path.name.lower().endswith(".gz")
+    with _open(path, "wb", gz) as fobj:
         header.write_to(fobj)
         nib.volumeutils.seek_tell(fobj, header.get_data_offset(), write0=True)
         for index in _chunks(raw.shape):

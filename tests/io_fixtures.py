@@ -226,3 +226,83 @@ def write_mosaic_series(
     lps[:3, 0], lps[:3, 1] = geometry["row"] * col_sp, geometry["col"] * row_sp
     lps[:3, 2], lps[:3, 3] = normal * geometry["slice_spacing"], first
     return paths, LPS_TO_RAS @ lps
+
+
+# ------------------------------------------------------------------------------------------- enhanced
+
+
+def write_enhanced_mr(
+    path: Path,
+    volumes: dict[float, np.ndarray],
+    geometry: dict,
+    *,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    positions: Sequence[Sequence[float]] | None = None,
+    shuffle_seed: int | None = 0,
+) -> Path:
+    """One enhanced MR file holding ``{echo time: (Z, rows, cols) int16}``; frames stored shuffled."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    frames = []
+    for te, stored in volumes.items():
+        for z in range(stored.shape[0]):
+            position = positions[z] if positions is not None else (
+                geometry["origin"] + z * geometry["slice_spacing"] * geometry["normal"])
+            frames.append((te, z, position, stored[z]))
+    if shuffle_seed is not None:
+        frames = [frames[i] for i in np.random.default_rng(shuffle_seed).permutation(len(frames))]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedMRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1", generate_uid()
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.PatientName, ds.PatientID = "Test^Enhanced", "0"
+    ds.Modality, ds.Manufacturer, ds.SeriesDescription, ds.SeriesNumber = "MR", "Philips", "mFFE", 7
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = "20240101", "120000", "20240101120000"
+    shared = Dataset()
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [f"{v:.8f}" for v in (*geometry["row"], *geometry["col"])]
+    measures = Dataset()
+    measures.PixelSpacing = [f"{v:.6f}" for v in geometry["pixel_spacing"]]
+    measures.SliceThickness = f"{geometry['slice_spacing']:.4f}"
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
+    transform.RescaleType = "US"
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PixelValueTransformationSequence = DicomSequence([transform])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    per_frame = []
+    for te, z, position, _ in frames:
+        item = Dataset()
+        content = Dataset()
+        content.InStackPositionNumber, content.StackID = z + 1, "1"
+        content.DimensionIndexValues = [z + 1, sorted(volumes).index(te) + 1]
+        plane = Dataset()
+        plane.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        echo = Dataset()
+        echo.EffectiveEchoTime = te
+        item.FrameContentSequence = DicomSequence([content])
+        item.PlanePositionSequence = DicomSequence([plane])
+        item.MREchoSequence = DicomSequence([echo])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    ds.NumberOfFrames = len(frames)
+    first = next(iter(volumes.values()))
+    ds.Rows, ds.Columns = int(first.shape[1]), int(first.shape[2])
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.PixelData = np.stack([f[3] for f in frames]).astype("<i2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path

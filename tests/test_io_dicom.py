@@ -17,6 +17,7 @@ from io_fixtures import (
     expected_ras_affine,
     stored_ramp,
     write_dicom_series,
+    write_enhanced_mr,
     write_mosaic_series,
 )
 
@@ -173,6 +174,21 @@ def test_compressed_series_reads_like_uncompressed(tmp_path, syntax):
     np.testing.assert_array_equal(packed.data[0], reference)
 
 
+def test_jpeg_lossless_series_written_by_gdcm(tmp_path):
+    geometry, stored = dicom_geometry(), stored_ramp(n_slices=4, rows=34, cols=40)
+    plain = write_dicom_series(tmp_path / "plain", stored, geometry, modality="MR")
+    (tmp_path / "jpeg").mkdir()
+    for path in plain:
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetImageIO("GDCMImageIO")
+        writer.SetUseCompression(True)
+        writer.SetCompressor("JPEG")  # JPEG lossless, process 14
+        writer.SetFileName(str(tmp_path / "jpeg" / path.name))
+        writer.Execute(sitk.ReadImage(str(path)))
+    np.testing.assert_array_equal(read_volume(tmp_path / "jpeg").data, read_volume(tmp_path / "plain").data)
+
+
 def test_gdcm_decodes_what_pydicom_cannot(ct_series, monkeypatch):
     import pydicom.dataset
 
@@ -304,6 +320,35 @@ def test_mosaic_without_slice_normal_is_refused(tmp_path):
     del ds[0x0029, 0x1010]  # anonymisers often strip the CSA header
     ds.save_as(paths[0])
     _refused(tmp_path, "SliceNormalVector")
+
+
+def test_enhanced_multiframe_multi_echo(tmp_path):
+    geometry = dicom_geometry()
+    volumes = {10.0: stored_ramp(seed=1), 4.0: stored_ramp(seed=2)}
+    write_enhanced_mr(tmp_path / "enh" / "mffe.dcm", volumes, geometry, slope=2, intercept=-5)
+    (info,) = find_series(tmp_path / "enh")
+    assert info.n_images == 16
+    volume = read_volume(tmp_path / "enh")
+    assert volume.data.shape == (2, 6, 5, 8) and volume.meta.tags["EchoTime"] == [4.0, 10.0]
+    for c, te in enumerate((4.0, 10.0)):
+        np.testing.assert_array_equal(volume.data[c], (volumes[te] * 2.0 - 5).transpose(2, 1, 0))
+    np.testing.assert_allclose(volume.meta.affine, expected_ras_affine(geometry), atol=1e-4)
+    if shutil.which("dcm2niix"):
+        out = tmp_path / "ref"
+        out.mkdir()
+        subprocess.run(["dcm2niix", "-z", "n", "-f", "ref_%e", "-o", str(out), str(tmp_path / "enh")],
+                       check=True, capture_output=True, timeout=60)
+        for c, echo in enumerate((1, 2)):
+            ref = nib.load(str(out / f"ref_{echo}.nii"))
+            _world_to_voxel_values(volume.meta.affine, volume.data[c:c + 1], ref.affine,
+                                   np.asarray(ref.dataobj).reshape(ref.shape[:3]))
+
+
+def test_enhanced_multiframe_with_a_gap_is_refused(tmp_path):
+    geometry = dicom_geometry()
+    write_enhanced_mr(tmp_path / "mffe.dcm", {5.0: stored_ramp(n_slices=5)}, geometry,
+                      positions=_positions(geometry, [0, 1, 2, 3, 5]))
+    _refused(tmp_path, "missing slices")
 
 
 # ------------------------------------------------------------------------------------------- not DICOM

@@ -166,6 +166,15 @@ def test_arrays_use_their_integer_type_only_when_values_fit(tmp_path, array, dty
     np.testing.assert_allclose(out.affine, oblique_lps_affine(), atol=1e-5)
 
 
+def test_upper_case_names_and_deterministic_output(tmp_path):
+    volume = Volume.from_array(np.arange(60, dtype=np.float32).reshape(3, 4, 5) / 7)
+    first = write_volume(volume, tmp_path / "A.NII.GZ")
+    assert first.read_bytes()[:2] == b"\x1f\x8b"
+    np.testing.assert_array_equal(read_volume(first).data, volume.data)
+    second = write_volume(read_volume(first), tmp_path / "B.nii.gz")
+    assert first.read_bytes() == second.read_bytes()  # no time stamp or name in the gzip header
+
+
 def test_write_refuses_other_formats_and_existing_files(tmp_path):
     volume = Volume.from_array(np.zeros((2, 2, 2), dtype=np.float32))
     with pytest.raises(MedidiffError, match="NIfTI only"):
