@@ -92,17 +92,19 @@ def read_dicom(path: str | os.PathLike[str], series: str | int | None = None) ->
 
     Args:
         path: folder, or one file of the series (its own folder is then searched, not recursively).
-        series: index in the listing or SeriesInstanceUID; required when there are several series.
+        series: index in the listing or SeriesInstanceUID; required when a folder holds several
+            series. With a file, it picks among the series of the file's folder.
 
     Raises:
         InputError: no series, an ambiguous or unknown ``series``, or a geometry hazard.
     """
     src = Path(path)
+    if src.is_file() and series is not None:  # a file and a choice: choose among its folder's series
+        return _read_series(src.parent, _pick(src.parent, find_series(src.parent, recursive=False), series))
     if src.is_file():
-        uid = str(_header(str(src)).get("SeriesInstanceUID", "") or "")
-        infos = find_series(src.parent, recursive=False)
-        chosen = [s for s in infos if s.uid == uid and str(src) in s.files] or [
-            s for s in infos if str(src) in s.files]
+        target = src.resolve()
+        chosen = [s for s in find_series(src.parent, recursive=False)
+                  if any(Path(f).resolve() == target for f in s.files)]
         if not chosen:
             raise InputError(f"{src}: not a readable DICOM image (no series found for it); check the file")
         return _read_series(src, chosen[0])

@@ -37,6 +37,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 SUPPORTED = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, a DICOM file or a folder of DICOM files"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 COMPRESS_LEVEL = 1  # nibabel's default: fast, and most of the size gain of level 9 on scans
+_DEFLATE_MAX_RATIO = 1032  # no gzip stream expands more than this
 # integers beyond 2**24 are not all representable in float32, the Volume data type
 _FLOAT32_EXACT_INT = 2**24
 # attribute of a NIfTI header read here that holds (fingerprint of the float32 data, stored array)
@@ -296,11 +297,14 @@ def _checked_layout(path: Path, header: Any, gz: bool) -> tuple[np.dtype, tuple[
     shape = tuple(int(s) for s in header.get_data_shape())
     if not shape or min(shape) < 1:
         raise InputError(f"{path}: header declares an empty image {shape}; the file is damaged")
-    if not gz:
-        needed = int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if path.stat().st_size < needed:
-            raise InputError(f"{path}: the file is truncated ({path.stat().st_size} bytes, its header "
-                             f"declares {needed}); copy or download it again")
+    needed = int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if not gz and size < needed:
+        raise InputError(f"{path}: the file is truncated ({size} bytes, its header declares {needed}); "
+                         "copy or download it again")
+    if gz and needed > size * _DEFLATE_MAX_RATIO + 1024:
+        raise InputError(f"{path}: its header declares {needed} bytes of voxels, more than {size} "
+                         "compressed bytes can hold; the file is damaged")
     return dtype, shape
 
 
@@ -369,7 +373,7 @@ def _chunks(shape: tuple[int, ...]) -> list[tuple[Any, ...]]:
 
 
 def _to_nifti(volume: Volume) -> tuple[Any, np.ndarray]:
-    """The NIfTI header and stored array (header shape, Fortran order) for ``volume``."""
+    """The NIfTI header and the (X, Y, Z, C) values to store, exactly castable to its dtype."""
     nib = _nibabel()
     meta = volume.meta
     affine = np.asarray(meta.affine, dtype=np.float64)
@@ -398,22 +402,21 @@ def _to_nifti(volume: Volume) -> tuple[Any, np.ndarray]:
         minimum = header.single_vox_offset + header.extensions.get_sizeondisk()
         if header["vox_offset"] < minimum:
             header["vox_offset"] = 0  # write_to sets the smallest valid offset
+        header.set_data_shape(_stored_shape(header.get_data_shape(), data4.shape))
         if not np.array_equal(affine, header.get_best_affine()):
             scode = int(header["sform_code"]) or int(header["qform_code"]) or 2
             _set_geometry(header, affine, scode, int(header["qform_code"]) or scode)
-        shape = _stored_shape(header.get_data_shape(), data4.shape)
     else:
         header = nib.Nifti1Header()
         dtype = _integer_dtype_for(data4, meta.original_dtype)
-        raw = data4 if dtype is None else data4.astype(dtype)
+        raw = data4
         header.set_data_dtype(np.float32 if dtype is None else dtype)
         header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+        header.set_data_shape(data4.shape[:3] if data4.shape[3] == 1 else data4.shape)
         code = 2 if meta.source_format == "array" else 1
         _set_geometry(header, affine, code, code)
         header.set_xyzt_units("mm", "sec")
-        shape = data4.shape[:3] if data4.shape[3] == 1 else data4.shape
-    header.set_data_shape(shape)
-    return header, np.reshape(raw, shape, order="F")
+    return header, raw  # F-order bytes of (X, Y, Z, C) are those of the header shape
 
 
 def _integer_dtype_for(data: np.ndarray, original: str) -> np.dtype | None:
@@ -435,6 +438,7 @@ def _integer_dtype_for(data: np.ndarray, original: str) -> np.dtype | None:
 
 def _set_geometry(header: Any, affine: np.ndarray, sform_code: int, qform_code: int) -> None:
     header.set_sform(affine, code=sform_code)
+    header["pixdim"][1:4] = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     linear = affine[:3, :3]
     gram = linear.T @ linear
     scale = max(float(np.abs(np.diag(gram)).max()), 1e-12)

@@ -75,8 +75,9 @@ def write_dicom_series(
     shuffle_seed: int | None = 0,
     name_prefix: str = "",
     instance_offset: int = 0,
+    signed: bool = True,
 ) -> list[Path]:
-    """Write ``stored`` (Z, rows, columns) int16 as one file per slice, names shuffled.
+    """Write ``stored`` (Z, rows, columns) int16 (uint16 if not ``signed``) one file per slice, names shuffled.
 
     Positions default to ``origin + k * slice_spacing * normal``; give ``positions`` to break them.
     """
@@ -125,10 +126,10 @@ def write_dicom_series(
         ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, int(signed)
         ds.RescaleSlope = f"{slope:g}"
         ds.RescaleIntercept = f"{intercept:g}"
-        ds.PixelData = np.ascontiguousarray(stored[k], dtype="<i2").tobytes()
+        ds.PixelData = np.ascontiguousarray(stored[k], dtype="<i2" if signed else "<u2").tobytes()
         if transfer_syntax is not None:
             ds.compress(transfer_syntax)
         path = folder / f"{name_prefix}IM{order[k]:04d}"

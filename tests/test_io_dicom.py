@@ -112,7 +112,25 @@ def test_fractional_rescale_gives_float32(tmp_path):
     np.testing.assert_array_equal(volume.data[0], (stored_ramp() * 0.25 + 0.5).transpose(2, 1, 0))
 
 
-def test_one_file_reads_its_series_and_subfolders_are_searched(tmp_path):
+def test_rescale_is_applied_per_slice(tmp_path):
+    geometry, stored = dicom_geometry(), stored_ramp()
+    uid = "1.2.826.0.1.3680043.8.498.80"
+    write_dicom_series(tmp_path, stored[:4], geometry, series_uid=uid, slope=1, intercept=0, name_prefix="a")
+    write_dicom_series(tmp_path, stored[4:], geometry, series_uid=uid, slope=3, intercept=-7, name_prefix="b",
+                       positions=_positions(geometry, range(4, 8)))
+    expected = np.concatenate([stored[:4].astype(float), stored[4:] * 3.0 - 7])
+    np.testing.assert_array_equal(read_volume(tmp_path).data[0], expected.transpose(2, 1, 0))
+
+
+def test_unsigned_ct_with_intercept_is_int16_hu(tmp_path):
+    stored = np.random.default_rng(0).integers(0, 3000, (4, 5, 6)).astype(np.uint16)
+    write_dicom_series(tmp_path, stored, dicom_geometry(), intercept=-1024, signed=False)
+    volume = read_volume(tmp_path)
+    assert volume.meta.original_dtype == "int16" and volume.data.min() >= -1024
+    np.testing.assert_array_equal(volume.data[0], (stored.astype(float) - 1024).transpose(2, 1, 0))
+
+
+def test_one_file_reads_its_series_and_subfolders_are_searched(tmp_path, monkeypatch):
     geometry = dicom_geometry()
     stored = stored_ramp()
     paths = write_dicom_series(tmp_path / "a", stored[:4], geometry)
@@ -126,6 +144,8 @@ def test_one_file_reads_its_series_and_subfolders_are_searched(tmp_path):
     np.testing.assert_allclose(whole.meta.affine, expected_ras_affine(geometry), atol=1e-4)
     part = read_volume(paths[0])  # a file: its own folder only
     assert part.spatial_shape == (6, 5, 4)
+    monkeypatch.chdir(paths[0].parent)
+    assert read_volume(paths[0].name).spatial_shape == (6, 5, 4)
 
 
 # ------------------------------------------------------------------------------------------- series
@@ -149,6 +169,9 @@ def test_two_series_are_listed_and_picked(tmp_path):
     assert read_volume(tmp_path, series=1).meta.tags["SeriesDescription"] == "T1 axial"
     assert read_volume(tmp_path, series="0").spatial_shape == (6, 5, 5)
     assert read_volume(tmp_path, series=infos[1].uid).meta.modality == "MR"
+    a_file = next(p for p in tmp_path.iterdir() if p.name.startswith("b"))
+    assert read_volume(a_file).spatial_shape == (6, 5, 5)
+    assert read_volume(a_file, series=1).meta.tags["SeriesDescription"] == "T1 axial"
     with pytest.raises(InputError, match="no series index 7"):
         read_volume(tmp_path, series=7)
     with pytest.raises(InputError, match="no series with UID 1.2.3"):

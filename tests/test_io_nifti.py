@@ -153,6 +153,7 @@ def test_sheared_affine_goes_to_sform_only(tmp_path):
     out = nib.load(str(write_volume(volume, tmp_path / "s.nii")))
     assert int(out.header["qform_code"]) == 0 and int(out.header["sform_code"]) == 2
     np.testing.assert_array_equal(out.affine, affine)
+    np.testing.assert_allclose(out.header.get_zooms(), np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
 
 
 @pytest.mark.parametrize(("array", "dtype"), [
@@ -164,6 +165,8 @@ def test_arrays_use_their_integer_type_only_when_values_fit(tmp_path, array, dty
     assert out.get_data_dtype() == np.dtype(dtype)
     np.testing.assert_array_equal(out.get_fdata(dtype=np.float32), array.astype(np.float32))
     np.testing.assert_allclose(out.affine, oblique_lps_affine(), atol=1e-5)
+    np.testing.assert_allclose(out.header.get_qform(), oblique_lps_affine(), atol=1e-4)
+    np.testing.assert_allclose(out.header.get_zooms(), (0.9, 1.1, 2.5), rtol=1e-6)
 
 
 def test_upper_case_names_and_deterministic_output(tmp_path):
@@ -248,6 +251,15 @@ def test_truncated_nii_gz(tmp_path):
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     _one_line_error(cut, "truncated")
+
+
+def test_damaged_gzip_header_declaring_terabytes(tmp_path):
+    src = _save(tmp_path / "a.nii", np.zeros((4, 4, 4), np.int16), np.eye(4))
+    content = bytearray(src.read_bytes())
+    content[42:48] = np.array([30000, 30000, 30000], dtype="<i2").tobytes()  # dim[1:4]
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(gzip.compress(bytes(content)))
+    _one_line_error(bad, "damaged")
 
 
 def test_truncated_nii(tmp_path):
