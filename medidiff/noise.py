@@ -54,26 +54,36 @@ def add_rician_numpy(x0: np.ndarray, sigma: float, rng: np.random.Generator, n_c
     return np.sqrt(power).astype(np.float32)
 
 
-def _ramp_filter(shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """|f| times a Hann window over the in-plane frequency grid: the FBP noise power spectrum shape."""
+def _ramp_filter(shape: tuple[int, int], device: torch.device, smoothness: float = 1.0) -> torch.Tensor:
+    """Amplitude filter whose power spectrum is |f| times a Hann window to the power ``smoothness``.
+
+    That is the shape of FBP noise: a ramp (no power at zero frequency) apodized by the
+    reconstruction kernel; ``smoothness`` 0 is a sharp (pure ramp) kernel, 2 a soft one.
+    """
     fx = torch.fft.fftfreq(shape[0], device=device)[:, None]
     fy = torch.fft.fftfreq(shape[1], device=device)[None, :]
     radius = torch.sqrt(fx**2 + fy**2) / 0.5  # 1.0 at the Nyquist frequency along an axis
     window = torch.where(radius < 1.0, 0.5 * (1.0 + torch.cos(math.pi * radius)), torch.zeros_like(radius))
-    # amplitude filter = sqrt(power spectrum); the power spectrum of FBP noise grows like |f|
-    return torch.sqrt(radius * window + 1e-12)
+    return torch.sqrt(radius * window**smoothness + 1e-12)
 
 
 def add_ct_noise(
-    x0: torch.Tensor, sigma: torch.Tensor | float, generator: torch.Generator | None = None
+    x0: torch.Tensor,
+    sigma: torch.Tensor | float,
+    generator: torch.Generator | None = None,
+    smoothness: float | None = None,
 ) -> torch.Tensor:
     """``x0`` plus in-plane correlated noise of pixel std ``sigma`` (FBP-like texture).
 
     ``x0`` is (..., X, Y, Z) with axial slices in the (X, Y) plane, as in CT scans stored axially.
+    ``smoothness`` sets the reconstruction kernel (see :func:`_ramp_filter`); None draws it
+    uniformly from [0, 2] so a model trained on it meets sharp and soft kernels alike.
     """
     white = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=torch.float32)
+    if smoothness is None:
+        smoothness = 2.0 * float(torch.rand((), generator=generator, device=x0.device))
     plane = white.movedim(-1, -3)  # (..., Z, X, Y)
-    filt = _ramp_filter((plane.shape[-2], plane.shape[-1]), x0.device)
+    filt = _ramp_filter((plane.shape[-2], plane.shape[-1]), x0.device, smoothness)
     shaped = torch.fft.ifft2(torch.fft.fft2(plane) * filt).real
     shaped = shaped / shaped.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
     noise = shaped.movedim(-3, -1).to(x0.dtype)

@@ -1,0 +1,82 @@
+"""Noise models and the noise-level estimator, measured on known noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medidiff.noise import add_ct_noise, add_noise, add_rician, add_rician_numpy, estimate_sigma
+from medidiff.phantom import head_phantom
+
+
+def test_rician_is_magnitude_of_complex_gaussian() -> None:
+    g = torch.Generator().manual_seed(0)
+    zero = torch.zeros(200_000)
+    rayleigh = add_rician(zero, 0.1, g)
+    # pure-noise magnitude is Rayleigh: mean sigma*sqrt(pi/2), never negative
+    assert float(rayleigh.min()) >= 0
+    assert float(rayleigh.mean()) == pytest.approx(0.1 * np.sqrt(np.pi / 2), rel=0.01)
+    bright = add_rician(torch.ones(200_000), 0.05, g)
+    assert float(bright.std()) == pytest.approx(0.05, rel=0.02)  # Gaussian-like at high SNR
+
+
+def test_noncentral_chi_has_higher_floor_with_more_coils() -> None:
+    rng = np.random.default_rng(0)
+    one = add_rician_numpy(np.zeros(100_000), 0.1, rng, n_coils=1).mean()
+    four = add_rician_numpy(np.zeros(100_000), 0.1, rng, n_coils=4).mean()
+    assert four > one * 1.5
+
+
+@pytest.mark.parametrize("smoothness", [0.0, 1.0, 2.0])
+def test_ct_noise_has_requested_std_zero_mean_and_fbp_texture(smoothness: float) -> None:
+    x0 = torch.zeros(64, 64, 16)
+    noise = add_ct_noise(x0, 0.025, torch.Generator().manual_seed(0), smoothness=smoothness) - x0
+    assert float(noise.std()) == pytest.approx(0.025, rel=0.02)
+    assert abs(float(noise.mean())) < 1e-3
+    # a ramp spectrum has no power at zero frequency: 16x16 in-plane block means nearly vanish
+    # (white noise would leave 0.025 / 16 = 1.6e-3)
+    blocks = noise.reshape(4, 16, 4, 16, 16).mean(dim=(1, 3))
+    assert float(blocks.std()) < 1.0e-3
+    # slices are independent; softer kernels correlate in-plane neighbours more
+    across = float(torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1])
+    assert abs(across) < 0.05
+
+
+def test_softer_ct_kernel_gives_more_neighbour_correlation() -> None:
+    def corr(smoothness: float) -> float:
+        n = add_ct_noise(torch.zeros(64, 64, 8), 1.0, torch.Generator().manual_seed(0), smoothness=smoothness)
+        return float(torch.corrcoef(torch.stack([n[:-1].flatten(), n[1:].flatten()]))[0, 1])
+
+    assert corr(0.0) < corr(1.0) < corr(2.0)
+
+
+def test_add_noise_rejects_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="rician"):
+        add_noise(torch.zeros(4), 0.1, "poisson")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sigma", [0.03, 0.05, 0.09])
+def test_mr_estimator_within_35_percent_on_phantom(sigma: float) -> None:
+    clean = head_phantom((64, 72, 64), seed=2)
+    clean = clean / np.percentile(clean, 99.9)
+    noisy = add_rician_numpy(clean, sigma, np.random.default_rng(1))
+    est = estimate_sigma(noisy, "MR")
+    assert abs(est - sigma) / sigma < 0.35, est
+
+
+def test_ct_estimator_on_correlated_noise() -> None:
+    rng = np.random.default_rng(0)
+    body = np.full((96, 96, 24), -1000.0, np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    body[((xx - 48) ** 2 + (yy - 48) ** 2) < 40**2] = 40.0
+    noisy = add_ct_noise(torch.from_numpy(body), 30.0, torch.Generator().manual_seed(int(rng.integers(100)))).numpy()
+    est = estimate_sigma(noisy, "CT")
+    assert est == pytest.approx(30.0, rel=0.2)
+
+
+def test_estimator_refuses_2d_and_tiny() -> None:
+    with pytest.raises(ValueError):
+        estimate_sigma(np.zeros((8, 8)), "MR")
+    with pytest.raises(ValueError):
+        estimate_sigma(np.zeros((2, 8, 8)), "MR")
