@@ -556,6 +556,7 @@ def run_benchmark(
     Raises:
         OutputExistsError: ``output`` holds results already and ``force`` is False.
     """
+    import importlib
     import importlib.util
 
     from tqdm import tqdm
@@ -574,9 +575,14 @@ def run_benchmark(
     if "bm4d" in methods and importlib.util.find_spec("bm4d") is None:
         methods.remove("bm4d")
         skipped.append("bm4d (not installed; `pip install bm4d`, non-commercial licence)")
-    # import the classical libraries before forking, so that no child times their import
-    import dipy.denoise.nlmeans  # noqa: F401
-    import skimage.restoration  # noqa: F401
+    # import the libraries before forking, so that no child times their import (scikit-image loads
+    # its submodules lazily, on first attribute access: resolve the functions here)
+    from dipy.denoise.nlmeans import nlmeans  # noqa: F401
+    from skimage.restoration import denoise_tv_chambolle, denoise_wavelet  # noqa: F401
+
+    for optional in ("pywt", "bm4d", "medidiff.inference"):
+        with contextlib.suppress(Exception):  # a broken one fails in its own rows instead
+            importlib.import_module(optional)
 
     machine = machine_info()
     samples = make_samples(cfg, quick)

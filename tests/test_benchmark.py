@@ -1,0 +1,225 @@
+"""The benchmark: config validation, row format, failure isolation, outputs, and a --quick run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from medidiff import benchmark
+from medidiff.errors import ConfigError, OutputExistsError
+from medidiff.volume import Volume
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
+
+
+class FakeDenoiser:
+    """Stands in for ``medidiff.inference.Denoiser``: a mild Gaussian blur, uncertainty for samples > 1."""
+
+    def __init__(self, model: Any = None, device: str = "auto") -> None:
+        self.model = model
+
+    def denoise_volume(self, volume: Volume, modality: str | None = None, **options: Any) -> SimpleNamespace:
+        from scipy import ndimage
+
+        assert options.get("sigma") is None  # the benchmark never hands medidiff the true sigma
+        data = ndimage.gaussian_filter(volume.data[0], 0.6)
+        samples = options.get("samples") or 1
+        spread = volume.with_data(np.full_like(data, 0.01)) if samples > 1 else None
+        info = {"steps": options.get("steps"), "samples": samples}
+        return SimpleNamespace(volume=volume.with_data(data), uncertainty=spread, sigma=0.042, info=info)
+
+
+class FailingDenoiser(FakeDenoiser):
+    """Raises for the default settings; kills its process (as a segfault would) for one step."""
+
+    def denoise_volume(self, volume: Volume, modality: str | None = None, **options: Any) -> SimpleNamespace:
+        if options.get("steps") == 1:
+            os._exit(3)
+        raise RuntimeError("no bundled model for this modality")
+
+
+def _synthetic_data(folder: Path) -> None:
+    """A tiny MR 'head' (24^3) and a tiny CT 'body' (40x40x6, HU), as NIfTI files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = np.meshgrid(*[np.linspace(-1, 1, 24)] * 3, indexing="ij")
+    radius = np.sqrt(sum(g**2 for g in grid))
+    mr = np.where(radius < 0.85, 60.0 + 30.0 * np.cos(4 * grid[0]), 0.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(mr, np.eye(4)), folder / "mr.nii.gz")
+    x, y = np.meshgrid(np.arange(40) - 20, np.arange(40) - 20, indexing="ij")
+    slice_ = np.full((40, 40), -1000.0)
+    slice_[x**2 / 17**2 + y**2 / 14**2 < 1] = 40.0
+    slice_[(x - 6) ** 2 + y**2 < 16] = -850.0
+    ct = np.repeat(slice_[:, :, None], 8, axis=2).astype(np.float32)
+    nib.save(nib.Nifti1Image(ct, np.diag([1.5, 1.5, 2.0, 1.0])), folder / "ct.nii.gz")
+
+
+def _config(folder: Path, methods: list[str], mr_only: bool = False, **changes: Any) -> benchmark.BenchmarkConfig:
+    cases = [
+        {"name": "mr_tiny", "file": "mr.nii.gz", "modality": "MR", "noise_levels": [3] if mr_only else [3, 9]},
+        {"name": "ct_tiny", "file": "ct.nii.gz", "modality": "CT", "noise_levels": [40]},
+    ]
+    raw = {
+        "data_dir": str(folder),
+        "methods": methods,
+        "cases": cases[:1] if mr_only else cases,
+        "ct": {"n_angles": 90},
+        **changes,
+    }
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return benchmark.load_benchmark_config(path)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_repository_config_mirrors_the_defaults(tmp_path: Path) -> None:
+    shipped = benchmark.load_benchmark_config(benchmark.DEFAULT_CONFIG)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    defaults = benchmark.load_benchmark_config(empty, data_dir=shipped.data_dir)
+    assert shipped == defaults
+    assert Path(shipped.data_dir) == benchmark.DEFAULT_DATA_DIR.resolve()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"sede": 1}, "unknown benchmark config key 'sede'; valid keys: data_dir, seed"),
+        ({"cases": [{"name": "a", "file": "b", "modality": "MR", "noise_levels": [3], "crop": 3}]}, "in cases[0]"),
+        ({"classical": {"tv_weight": 1}}, "valid keys: tv_weight_factor"),
+        ({"methods": ["nlm"]}, "unknown method 'nlm'; valid methods: medidiff"),
+        ({"seed": "zero"}, "seed: expected int"),
+        ({"ct": {"filter": "shepp"}}, "ct.filter"),
+        ({"cases": [{"name": "a", "file": "b", "modality": "PET", "noise_levels": [3]}]}, "cases[0].modality"),
+    ],
+)
+def test_bad_config_is_one_line_config_error(tmp_path: Path, raw: dict[str, Any], expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        benchmark.load_benchmark_config(path)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_method_override_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="valid methods"):
+        benchmark.load_benchmark_config(methods=["tv", "bm3d"])
+
+
+# ---------------------------------------------------------------- running on tiny synthetic cases
+
+
+def test_rows_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medidiff.inference
+
+    _synthetic_data(tmp_path / "data")
+    monkeypatch.setattr(medidiff.inference, "Denoiser", FakeDenoiser)
+    cfg = _config(tmp_path / "data", ["medidiff", "medidiff-avg", "tv", "wavelet", "bm4d"], seed=3)
+    report = benchmark.run_benchmark(cfg, tmp_path / "out")
+    rows = report.rows
+    assert [r["method"] for r in rows if r["case"] == "mr_tiny" and r["noise_level"] == 3.0][:2] == [
+        "noisy",
+        "medidiff",
+    ]
+    assert len({(r["case"], r["noise_level"]) for r in rows}) == 3
+    by_method = {(r["case"], r["noise_level"], r["method"]): r for r in rows}
+    tv = by_method[("mr_tiny", 9.0, "tv")]
+    assert tv["psnr"] > by_method[("mr_tiny", 9.0, "noisy")]["psnr"]
+    assert tv["sigma_true"] == pytest.approx(0.09) and tv["time_s"] >= 0 and tv["peak_mem_mb"] >= 0
+    den = by_method[("ct_tiny", 40.0, "medidiff")]
+    assert den["sigma_est"] == pytest.approx(0.042) and "error" not in den
+    assert by_method[("ct_tiny", 40.0, "noisy")]["sigma_true"] == pytest.approx(40.0, rel=0.3)
+    assert by_method[("mr_tiny", 3.0, "medidiff-avg")]["uncertainty_mean"] == pytest.approx(0.01)
+    # wavelet needs PyWavelets: a row either way, with numbers or with the error text
+    wavelet = by_method[("mr_tiny", 3.0, "wavelet")]
+    assert ("psnr" in wavelet) != ("error" in wavelet)
+
+    out = tmp_path / "out"
+    with open(out / "results.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(rows) and set(benchmark.CSV_FIELDS) == set(table[0])
+    document = json.loads((out / "results.json").read_text())
+    assert {"cpu", "logical_cores", "usable_cores", "versions", "date"} <= set(document["machine"])
+    assert "torch" in document["machine"]["versions"] and "VmHWM" in document["memory"]
+    assert any("bm4d" in s for s in document["skipped"]) or any(r["method"] == "bm4d" for r in rows)
+    markdown = (out / "results.md").read_text()
+    assert "| case | noise |" in markdown and "mr_tiny" in markdown
+    names = {p.name for p in report.figures}
+    assert {"montage_mr_tiny_3.png", "montage_ct_tiny_40.png", "psnr_vs_noise.png"} <= names
+    assert all(p.stat().st_size > 1000 for p in report.figures)
+
+    with pytest.raises(OutputExistsError, match="--force"):
+        benchmark.run_benchmark(cfg, out)
+
+
+def test_a_failing_or_crashing_method_is_recorded_in_its_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medidiff.inference
+
+    _synthetic_data(tmp_path / "data")
+    monkeypatch.setattr(medidiff.inference, "Denoiser", FailingDenoiser)
+    cfg = _config(tmp_path / "data", ["medidiff", "medidiff-1step", "tv"], mr_only=True)
+    rows = {r["method"]: r for r in benchmark.run_benchmark(cfg, tmp_path / "out").rows}
+    assert rows["medidiff"]["error"] == "RuntimeError: no bundled model for this modality"
+    assert "psnr" not in rows["medidiff"]
+    assert "exit code 3" in rows["medidiff-1step"]["error"]
+    assert rows["tv"]["psnr"] > rows["noisy"]["psnr"] and "error" not in rows["tv"]
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "no bundled model" in markdown and "exit code 3" in markdown
+
+
+def test_update_docs_rewrites_only_the_marked_section(tmp_path: Path) -> None:
+    figure = tmp_path / "psnr_vs_noise.png"
+    figure.write_bytes(b"png")
+    report = benchmark.BenchmarkReport(tmp_path, [], {}, "", [figure], "| table one |\n", "")
+    docs = tmp_path / "docs"
+    target = benchmark.update_docs(report, docs)
+    text = target.read_text()
+    assert benchmark.DOCS_START in text and benchmark.DOCS_END in text and "table one" in text
+    assert (docs / "figures" / "psnr_vs_noise.png").read_bytes() == b"png"
+    target.write_text("# Mine\n\nintro\n\n" + text[text.index(benchmark.DOCS_START) :] + "\nafter\n")
+    report.markdown = "| table two |\n"
+    text = benchmark.update_docs(report, docs).read_text()
+    assert text.startswith("# Mine\n\nintro") and text.rstrip().endswith("after")
+    assert "table two" in text and "table one" not in text
+
+
+# ---------------------------------------------------------------- the real --quick run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REFERENCE_DIR.is_dir(), reason=f"reference scans not found at {REFERENCE_DIR}")
+def test_quick_run_on_reference_scans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import medidiff.inference
+    from medidiff.cli import main
+
+    monkeypatch.setattr(medidiff.inference, "Denoiser", FakeDenoiser)
+    started = time.perf_counter()
+    argv = ["benchmark", "--quick", "--output", str(tmp_path / "quick"), "--data-dir", str(REFERENCE_DIR)]
+    assert main([*argv, "--methods", "medidiff", "nlmeans", "tv"]) == 0
+    assert time.perf_counter() - started < 120
+    rows = json.loads((tmp_path / "quick" / "results.json").read_text())["rows"]
+    assert {r["case"] for r in rows} == {"mr_colin27_t1", "ct_chest_cta"}
+    assert {r["method"] for r in rows} == {"noisy", "medidiff", "nlmeans", "tv"}
+    for row in rows:
+        assert "error" not in row, row
+        assert row["psnr"] is not None and 0 < row["ssim"] <= 1
+        if row["method"] in ("nlmeans", "tv"):
+            noisy = next(r for r in rows if r["case"] == row["case"] and r["method"] == "noisy")
+            assert row["psnr"] > noisy["psnr"], row
+    mr_noisy = next(r for r in rows if r["case"] == "mr_colin27_t1" and r["method"] == "noisy")
+    assert mr_noisy["shape"] == "64x64x64" and mr_noisy["sigma_true"] == pytest.approx(0.05)
+    ct_noisy = next(r for r in rows if r["case"] == "ct_chest_cta" and r["method"] == "noisy")
+    assert ct_noisy["shape"] == "64x64x32" and ct_noisy["sigma_true"] == pytest.approx(50.0, rel=0.25)
