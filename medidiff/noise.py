@@ -132,7 +132,8 @@ def estimate_sigma(data: np.ndarray, modality: Literal["MR", "CT"] | None = None
 
     MR: the median absolute deviation of the finest 3D Haar detail band, over 2x2x2 blocks whose
     mean signal is high (at least 5 times the first estimate), where Rician noise is nearly
-    Gaussian; the dark background (Rayleigh distributed, std 0.66 sigma) is left out so it cannot
+    Gaussian, and whose smoothed gradient is below the median (edges leak structure into the
+    band); the dark background (Rayleigh distributed, std 0.66 sigma) is left out so it cannot
     bias the result low.
 
     CT: FBP noise is correlated in-plane, which hides part of it from a one-voxel detail band, so the
@@ -158,15 +159,25 @@ def estimate_sigma(data: np.ndarray, modality: Literal["MR", "CT"] | None = None
 
 
 def _estimate_mr(x: np.ndarray) -> float:
+    from scipy.ndimage import gaussian_gradient_magnitude
+
     hhh = _haar_hhh(x)
     sx, sy, sz = hhh.shape
     block_mean = x[: 2 * sx, : 2 * sy, : 2 * sz].reshape(sx, 2, sy, 2, sz, 2).mean(axis=(1, 3, 5))
     sigma = float(np.median(np.abs(hhh))) * _MAD_TO_STD
+    floor = 1e-6 * float(np.abs(x).max() + 1e-12)
     for _ in range(3):
-        mask = block_mean > 5.0 * max(sigma, 1e-6 * float(np.abs(x).max() + 1e-12))
+        mask = block_mean > 5.0 * max(sigma, floor)
         if mask.sum() < 64:
             break
         sigma = float(np.median(np.abs(hhh[mask]))) * _MAD_TO_STD
+    # edges leak structure into the detail band: keep the flatter half of the bright blocks
+    mask = block_mean > 5.0 * max(sigma, floor)
+    if mask.sum() >= 128:
+        gradient = gaussian_gradient_magnitude(block_mean, 1.0)
+        flat = mask & (gradient < np.median(gradient[mask]))
+        if flat.sum() >= 64:
+            sigma = float(np.median(np.abs(hhh[flat]))) * _MAD_TO_STD
     return max(sigma, 0.0)
 
 

@@ -34,11 +34,13 @@ def test_ct_noise_has_requested_std_zero_mean_and_fbp_texture(smoothness: float)
     noise = add_ct_noise(x0, 0.025, torch.Generator().manual_seed(0), smoothness=smoothness) - x0
     assert float(noise.std()) == pytest.approx(0.025, rel=0.02)
     assert abs(float(noise.mean())) < 1e-3
-    # a ramp spectrum has no power at zero frequency: 16x16 in-plane block means nearly vanish
-    # (white noise would leave 0.025 / 16 = 1.6e-3)
-    blocks = noise.reshape(4, 16, 4, 16, 16).mean(dim=(1, 3))
-    assert float(blocks.std()) < 1.0e-3
-    # slices are independent; softer kernels correlate in-plane neighbours more
+    # FBP noise has a ramp-shaped spectrum: almost no power near zero frequency
+    power = (torch.fft.fft2(noise.movedim(-1, 0)).abs() ** 2).mean(dim=0)
+    f = torch.sqrt(torch.fft.fftfreq(64)[:, None] ** 2 + torch.fft.fftfreq(64)[None, :] ** 2)
+    low = float(power[(f > 0) & (f < 0.04)].mean())
+    mid = float(power[(f > 0.15) & (f < 0.25)].mean())
+    assert low < 0.35 * mid
+    # slices are independent
     across = float(torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1])
     assert abs(across) < 0.05
 
@@ -57,12 +59,25 @@ def test_add_noise_rejects_unknown_kind() -> None:
 
 
 @pytest.mark.parametrize("sigma", [0.03, 0.05, 0.09])
-def test_mr_estimator_within_35_percent_on_phantom(sigma: float) -> None:
+def test_mr_estimator_on_phantom(sigma: float) -> None:
+    # the phantom has voxel-scale texture, which a noise estimator cannot tell from noise: 40 %
     clean = head_phantom((64, 72, 64), seed=2)
     clean = clean / np.percentile(clean, 99.9)
     noisy = add_rician_numpy(clean, sigma, np.random.default_rng(1))
     est = estimate_sigma(noisy, "MR")
-    assert abs(est - sigma) / sigma < 0.35, est
+    assert abs(est - sigma) / sigma < 0.4, est
+
+
+@pytest.mark.parametrize("sigma", [0.03, 0.09])
+def test_mr_estimator_within_10_percent_on_real_brain(sigma: float) -> None:
+    import nibabel as nib
+
+    from conftest import reference_scan
+
+    clean = nib.load(str(reference_scan("colin27_ch2_T1_brain_1mm.nii.gz"))).get_fdata(dtype=np.float32)
+    clean = clean / np.percentile(clean, 99.9)
+    est = estimate_sigma(add_rician_numpy(clean, sigma, np.random.default_rng(0)), "MR")
+    assert abs(est - sigma) / sigma < 0.1, est
 
 
 def test_ct_estimator_on_correlated_noise() -> None:
