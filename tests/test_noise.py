@@ -60,12 +60,13 @@ def test_add_noise_rejects_unknown_kind() -> None:
 
 @pytest.mark.parametrize("sigma", [0.03, 0.05, 0.09])
 def test_mr_estimator_on_phantom(sigma: float) -> None:
-    # the phantom has voxel-scale texture, which a noise estimator cannot tell from noise: 40 %
-    clean = head_phantom((64, 72, 64), seed=2)
+    # the phantom is piecewise constant with thin layers: oblique step edges leak into the detail
+    # band far more than in real anatomy (the real-brain test below holds 10 %)
+    clean = head_phantom((80, 96, 80), seed=2)
     clean = clean / np.percentile(clean, 99.9)
     noisy = add_rician_numpy(clean, sigma, np.random.default_rng(1))
     est = estimate_sigma(noisy, "MR")
-    assert abs(est - sigma) / sigma < 0.4, est
+    assert abs(est - sigma) / sigma < 0.3, est
 
 
 @pytest.mark.parametrize("sigma", [0.03, 0.09])
