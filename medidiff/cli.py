@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from medidiff import __version__
 from medidiff.errors import MedidiffError
@@ -61,8 +63,12 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from medidiff.io import read_volume, write_volume
 
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise MedidiffError(f"{args.output}: is the input; inputs are never overwritten, choose another name")
     volume = read_volume(args.input, series=args.series)
     out = write_volume(volume, args.output, force=args.force)
     print(f"wrote {out}")
@@ -254,7 +260,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"interrupted at step {result.step}; checkpoint saved. Continue with: "
               f"medidiff train --resume {result.run_dir}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + result.signum if result.signum else EXIT_INTERRUPTED
     print(f"trained to step {result.step}; run folder {result.run_dir}")
     return 0
 
@@ -357,6 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm_as_interrupt() -> Any:
+    """Make SIGTERM raise an interrupt as Ctrl-C does, so every command removes its temporary files.
+
+    Returns the previous handler (None where it cannot be changed: not the main thread).
+    """
+    import signal
+
+    from medidiff.denoise_cli import install_sigterm_handler
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    install_sigterm_handler()
+    return previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -364,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     debug = bool(getattr(args, "debug", False))
+    previous = _sigterm_as_interrupt()
     try:
         return int(args.handler(args) or 0)
     except MedidiffError as exc:
@@ -387,8 +410,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence, one line unless --debug
         if debug:
             raise
+        text = " ".join(str(exc).split())  # backends (torch, ITK) write messages over many lines
+        text = text if len(text) <= 300 else text[:297] + "..."
         print(
-            f"medidiff: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            f"medidiff: internal error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL_ERROR
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)

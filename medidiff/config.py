@@ -9,6 +9,8 @@ every checkpoint, so a checkpoint needs no YAML to be used.
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -112,12 +114,26 @@ class Config:
 # ---------------------------------------------------------------- building from plain data
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxdict = 6
+
+
+def _shown(value: Any) -> str:
+    """A config value for an error message: short and on one line, whatever the YAML held."""
+    return _REPR.repr(value)
+
+
+def _shown_key(key: Any) -> str:
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 60 else _shown(key)
+
+
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{where}: {_shown(value)} is not one of {', '.join(map(repr, args))}")
         return value
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -126,26 +142,33 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
                 return _check_type(value, option, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{where}: {value!r} has the wrong type (expected {annotation})")
+        raise ConfigError(f"{where}: {_shown(value)} has the wrong type (expected {annotation})")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_shown(value)}")
         return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {_shown(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_shown(value)}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as text; a number literal is still data
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {_shown(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {_shown(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected text, got {value!r}")
+            raise ConfigError(f"{where}: expected text, got {_shown(value)}")
         return value
     return value
 
@@ -154,21 +177,21 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {raw!r}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {_shown(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)  # YAML keys may be numbers too
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]}; valid keys"
+            f"unknown config key {prefix}{_shown_key(unknown[0])}; valid keys"
             f"{' under ' + where if where else ''}: {', '.join(fields)}"
         )
     kwargs = {}
     for name, value in raw.items():
         key = f"{where}.{name}" if where else name
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, key)
         else:
             kwargs[name] = _check_type(value, hint, key)
@@ -195,6 +218,8 @@ def _validate(cfg: Config) -> None:
             f"data.patch_size {cfg.data.patch_size} must be divisible by {factor} "
             f"for a U-Net with {len(cfg.model.channels)} levels"
         )
+    if cfg.model.norm_num_groups < 1 or min(cfg.model.channels, default=0) < 1:
+        raise ConfigError("model.channels entries and model.norm_num_groups must be at least 1")
     if len(cfg.model.attention_levels) != len(cfg.model.channels):
         raise ConfigError("model.attention_levels needs one entry per model.channels entry")
     if any(c % cfg.model.norm_num_groups for c in cfg.model.channels):
@@ -231,7 +256,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: the key is empty")
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = value_text
     return keys, value
 
@@ -257,6 +282,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     def fix(p: Any) -> Any:
+        if isinstance(p, str) and "\0" in p:
+            raise ConfigError(f"path {_shown(p)} contains a NUL character; check the config")
         if isinstance(p, str) and p and not Path(p).expanduser().is_absolute():
             return str((base / p).resolve())
         return str(Path(p).expanduser()) if isinstance(p, str) and p else p
@@ -292,6 +319,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: not valid YAML{line}; check the indentation and colons") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{p}: not a text file; give a YAML config") from None
+        except RecursionError:
+            raise ConfigError(f"{p}: nested too deeply to be a medidiff config") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc}); check its permissions") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

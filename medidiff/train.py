@@ -40,6 +40,7 @@ class TrainResult:
     step: int
     interrupted: bool
     last_loss: float | None
+    signum: int | None = None
 
 
 # ---------------------------------------------------------------- distributed helpers
@@ -163,6 +164,13 @@ def validate(denoiser: Any, dataset: Any, cfg: Config, device: torch.device) -> 
 # ---------------------------------------------------------------- the loop
 
 
+def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The plain network inside a DistributedDataParallel wrapper (or the network itself)."""
+    inner = getattr(net, "module", net)
+    assert isinstance(inner, torch.nn.Module)
+    return inner
+
+
 def prepare_run(
     config_path: str | None, overrides: list[str], resume: str | None
 ) -> tuple[Config, Path, bool]:
@@ -264,7 +272,7 @@ def train(
 
     net: torch.nn.Module = model.net
     if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last_3d)
+        net = net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -287,7 +295,7 @@ def train(
 
     def save(at: int) -> None:
         if is_main:
-            raw = net.module if distributed else net
+            raw = _unwrap(net)
             save_checkpoint(
                 run_dir, at, raw, ema, optimizer, {"config": "config.yaml"}, cfg.train.keep_checkpoints
             )
@@ -324,7 +332,7 @@ def train(
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
             optimizer.step()
             with torch.no_grad():
-                raw = net.module if distributed else net
+                raw = _unwrap(net)
                 decay = min(cfg.train.ema_decay, (1 + step) / (10 + step))
                 for e, p in zip(ema.parameters(), raw.parameters(), strict=True):
                     e.lerp_(p.detach(), 1.0 - decay)
@@ -381,4 +389,4 @@ def train(
 
         dist.barrier()
         dist.destroy_process_group()
-    return TrainResult(run_dir=run_dir, step=step, interrupted=interrupted, last_loss=last_loss)
+    return TrainResult(run_dir=run_dir, step=step, interrupted=interrupted, last_loss=last_loss, signum=stop.signum)

@@ -1,0 +1,80 @@
+"""Config: YAML into frozen dataclasses, unknown keys, overrides, relative paths."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from medidiff.config import Config, load_config
+from medidiff.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["tiny", "mri", "ct"])
+def test_presets_load(name: str) -> None:
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert isinstance(cfg, Config)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.max_steps = 3  # type: ignore[misc]
+
+
+def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_stpes: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.max_stpes.*max_steps"):
+        load_config(path)
+
+
+def test_unknown_top_level_section(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("trian: {}\n")
+    with pytest.raises(ConfigError, match="trian"):
+        load_config(path)
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: many\n")
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config(path)
+
+
+def test_overrides_parse_values_as_data_not_code(tmp_path: Path) -> None:
+    cfg = load_config(None, ["train.max_steps=12", "data.patch_size=[16, 16, 32]", "train.lr=1e-4"])
+    assert cfg.train.max_steps == 12
+    assert cfg.data.patch_size == [16, 16, 32]
+    assert cfg.train.lr == pytest.approx(1e-4)
+    with pytest.raises(ConfigError):
+        load_config(None, ["train.max_steps=__import__('os').system('true')"])
+
+
+def test_yaml_tags_cannot_build_objects(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("output_dir: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError):
+        load_config(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    sub = tmp_path / "cfgs"
+    sub.mkdir()
+    path = sub / "c.yaml"
+    path.write_text("data:\n  train: ../scans\n  val: [a.nii.gz]\noutput_dir: ../runs/x\n")
+    cfg = load_config(path)
+    assert cfg.data.train == str((tmp_path / "scans").resolve())
+    assert cfg.data.val == [str((sub / "a.nii.gz").resolve())]
+    assert cfg.output_dir == str((tmp_path / "runs" / "x").resolve())
+
+
+def test_patch_size_must_fit_the_unet_depth() -> None:
+    with pytest.raises(ConfigError, match="divisible"):
+        load_config(None, ["data.patch_size=[20, 20, 20]"])
+
+
+def test_bad_override_syntax() -> None:
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["train.max_steps"])

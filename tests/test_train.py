@@ -1,0 +1,156 @@
+"""Training: the tiny preset end to end, exact resume, signals, bad data, DDP on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_CONFIG, write_phantom
+
+from medidiff.errors import ConfigError, InputError
+from medidiff.train import train
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    from medidiff.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def _overrides(data: Path, run: Path, steps: int) -> list[str]:
+    return [f"data.train={data}", f"data.val={data}", f"output_dir={run}", f"train.max_steps={steps}"]
+
+
+def test_tiny_run_folder_contents(tiny_run: Path) -> None:
+    assert (tiny_run / "config.yaml").is_file()
+    records = _records(tiny_run)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert "val_psnr" in records[2] and "val_ssim" in records[5]
+    files = {p.suffix for p in tiny_run.rglob("*") if p.is_file()}
+    assert files <= {".yaml", ".jsonl", ".json", ".safetensors"}, files  # nothing pickled
+
+
+def test_resume_continues_from_the_next_step_and_matches_an_uninterrupted_run(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(str(TINY_CONFIG), _overrides(phantom_dir, straight, 8), progress=False)
+    train(str(TINY_CONFIG), _overrides(phantom_dir, split, 5), progress=False)
+    result = train(None, ["train.max_steps=8"], resume=str(split), progress=False)
+    assert result.step == 8
+    steps = [r["step"] for r in _records(split)]
+    assert steps == list(range(1, 9))
+    a, b = _weights(straight), _weights(split)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_resume_refuses_model_changes(tiny_run: Path) -> None:
+    with pytest.raises(ConfigError, match="model"):
+        train(None, ["model.channels=[4, 8, 8]"], resume=str(tiny_run), progress=False)
+
+
+def test_new_run_refuses_an_existing_run_folder(tiny_run: Path, phantom_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="--resume"):
+        train(str(TINY_CONFIG), _overrides(phantom_dir, tiny_run, 2), progress=False)
+
+
+def test_empty_dataset_fails_before_training(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="empty"):
+        train(str(TINY_CONFIG), _overrides(empty, tmp_path / "run", 2), progress=False)
+
+
+def test_patch_larger_than_volume_fails_before_training(tmp_path: Path) -> None:
+    data = tmp_path / "small"
+    data.mkdir()
+    write_phantom(data / "s.nii.gz", shape=(12, 24, 24))
+    with pytest.raises(ConfigError, match="patch_size"):
+        train(str(TINY_CONFIG), _overrides(data, tmp_path / "run", 2), progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_corrupt_training_file_is_named_or_skipped(phantom_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "mixed"
+    data.mkdir()
+    write_phantom(data / "good.nii.gz")
+    (data / "bad.nii.gz").write_bytes(b"not a scan at all")
+    with pytest.raises(InputError, match="bad.nii.gz"):
+        train(str(TINY_CONFIG), _overrides(data, tmp_path / "run1", 2), progress=False)
+    result = train(str(TINY_CONFIG), [*_overrides(data, tmp_path / "run2", 2), "data.skip_unreadable=true",
+                                      "data.val="], progress=False)
+    assert result.step == 2
+
+
+def test_paired_datalist_trains(tmp_path: Path) -> None:
+    clean = write_phantom(tmp_path / "clean.nii.gz", noise=0.0)
+    noisy = write_phantom(tmp_path / "noisy.nii.gz", noise=0.05)
+    datalist = tmp_path / "pairs.json"
+    datalist.write_text(json.dumps({"training": [{"image": noisy.name, "target": clean.name}]}))
+    result = train(str(TINY_CONFIG), [f"data.train={datalist}", "data.val=", f"output_dir={tmp_path / 'run'}",
+                                      "train.max_steps=2"], progress=False)
+    assert result.step == 2
+
+
+def test_pairs_with_different_geometry_are_refused(tmp_path: Path) -> None:
+    write_phantom(tmp_path / "clean.nii.gz", shape=(24, 28, 24), noise=0.0)
+    write_phantom(tmp_path / "noisy.nii.gz", shape=(24, 28, 28))
+    datalist = tmp_path / "pairs.json"
+    datalist.write_text(json.dumps({"training": [{"image": "noisy.nii.gz", "target": "clean.nii.gz"}]}))
+    with pytest.raises(InputError, match="geometry"):
+        train(str(TINY_CONFIG), [f"data.train={datalist}", "data.val=", f"output_dir={tmp_path / 'run'}"],
+              progress=False)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_that_resumes(phantom_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "medidiff", "train", "--config", str(TINY_CONFIG),
+           *[a for o in _overrides(phantom_dir, run, 100000) for a in ("--set", o)],
+           "--set", "train.save_every=100000", "--set", "train.val_every=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").exists() and len(_records(run)) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "--resume" in err and "Traceback" not in err
+    saved = json.loads((run / "checkpoints" / "latest.json").read_text())["step"]
+    assert saved >= 3
+    result = train(None, [f"train.max_steps={saved + 2}"], resume=str(run), progress=False)
+    assert result.step == saved + 2
+    assert [r["step"] for r in _records(run)] == list(range(1, saved + 3))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(phantom_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "medidiff", "train", "--config", str(TINY_CONFIG),
+           *[a for o in _overrides(phantom_dir, run, 4) for a in ("--set", o)]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["step"] for r in _records(run)] == [1, 2, 3, 4]  # rank 0 alone logs
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 4
