@@ -1,0 +1,177 @@
+"""Whole-volume denoising with a tiny trained model: shapes, geometry, options, odd inputs, API kinds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_phantom
+
+from medidiff.errors import MedidiffError, ModelError
+from medidiff.inference import DenoiseOptions, Denoiser, denoise
+from medidiff.volume import Volume
+
+
+def _volume(shape=(24, 28, 24), channels: int = 1, seed: int = 0) -> Volume:
+    from medidiff.noise import add_rician_numpy
+    from medidiff.phantom import head_phantom
+
+    rng = np.random.default_rng(seed)
+    vols = [add_rician_numpy(head_phantom(shape, seed=seed + c), 0.05, rng) for c in range(channels)]
+    affine = np.array([[-1.5, 0.1, 0, 10], [0.1, 1.5, 0, -20], [0, 0, 2.0, 5], [0, 0, 0, 1]])
+    arr = vols[0] if channels == 1 else np.stack(vols, axis=-1)
+    return Volume.from_array(arr, affine, modality="MR")
+
+
+@pytest.fixture(scope="module")
+def den(tiny_model) -> Denoiser:
+    return Denoiser(model=str(tiny_model), device="cpu")
+
+
+def test_output_keeps_shape_geometry_and_reports_what_it_did(den: Denoiser) -> None:
+    vol = _volume()
+    result = den.denoise_volume(vol)
+    assert result.volume.data.shape == vol.data.shape
+    assert np.array_equal(result.volume.meta.affine, vol.meta.affine)
+    assert np.isfinite(result.volume.data).all()
+    assert result.uncertainty is None
+    assert result.info["steps"] == 1 and result.info["sampler"] == "euler"
+    assert 0.01 < result.sigma < 0.2
+    assert len(result.info["model_sha256"]) == 64
+
+
+def test_given_sigma_is_used(den: Denoiser) -> None:
+    result = den.denoise_volume(_volume(), sigma=0.07)
+    assert result.sigma == pytest.approx(0.07, rel=1e-6)
+
+
+def test_deterministic_sampler_is_reproducible_and_seeded_sampler_varies(den: Denoiser) -> None:
+    vol = _volume()
+    a = den.denoise_volume(vol, steps=3).volume.data
+    b = den.denoise_volume(vol, steps=3).volume.data
+    assert np.array_equal(a, b)
+    s1 = den.denoise_volume(vol, sampler="ancestral", steps=3, seed=1).volume.data
+    s2 = den.denoise_volume(vol, sampler="ancestral", steps=3, seed=2).volume.data
+    assert not np.array_equal(s1, s2)
+
+
+def test_samples_give_mean_and_uncertainty(den: Denoiser) -> None:
+    vol = _volume()
+    result = den.denoise_volume(vol, samples=3)
+    assert result.info["sampler"] == "ancestral"
+    assert result.uncertainty is not None
+    assert result.uncertainty.data.shape == vol.data.shape
+    assert float(result.uncertainty.data.max()) > 0
+    assert float(result.uncertainty.data.min()) >= 0
+
+
+def test_strength_renoises_further(den: Denoiser) -> None:
+    vol = _volume()
+    plain = den.denoise_volume(vol).volume.data
+    strong = den.denoise_volume(vol, strength=1.0, seed=0).volume.data
+    assert not np.array_equal(plain, strong)
+
+
+def test_4d_every_volume_denoised(den: Denoiser) -> None:
+    vol = _volume(channels=3)
+    result = den.denoise_volume(vol)
+    assert result.volume.data.shape == (3, 24, 28, 24)
+    assert isinstance(result.info["sigma"], list) and len(result.info["sigma"]) == 3
+    single = den.denoise_volume(vol.with_data(vol.data[1:2])).volume.data[0]
+    np.testing.assert_allclose(result.volume.data[1], single, atol=1e-5)
+
+
+def test_nan_voxels_stay_nan_and_the_rest_is_finite(den: Denoiser) -> None:
+    vol = _volume()
+    data = vol.data.copy()
+    data[0, 3:6, 4:7, 5:8] = np.nan
+    result = den.denoise_volume(vol.with_data(data))
+    out = result.volume.data
+    assert np.isnan(out[0, 3:6, 4:7, 5:8]).all()
+    assert np.isfinite(out[~np.isnan(data)]).all()
+
+
+def test_constant_volume_is_returned_unchanged(den: Denoiser) -> None:
+    vol = _volume()
+    result = den.denoise_volume(vol.with_data(np.full(vol.data.shape, 7.0, np.float32)))
+    assert np.array_equal(result.volume.data, np.full(vol.data.shape, 7.0, np.float32))
+    assert "constant" in result.info["notes"][0]
+
+
+def test_all_nan_volume_is_refused(den: Denoiser) -> None:
+    vol = _volume()
+    with pytest.raises(MedidiffError, match="finite"):
+        den.denoise_volume(vol.with_data(np.full(vol.data.shape, np.nan, np.float32)))
+
+
+def test_2d_image_is_refused(den: Denoiser) -> None:
+    vol = Volume.from_array(np.random.default_rng(0).random((32, 32, 1)).astype(np.float32))
+    with pytest.raises(MedidiffError, match="3D"):
+        den.denoise_volume(vol)
+
+
+def test_volume_smaller_than_the_window_is_padded(den: Denoiser) -> None:
+    vol = _volume(shape=(10, 12, 9))
+    out = den.denoise_volume(vol, roi_size=(32, 32, 32)).volume.data
+    assert out.shape == vol.data.shape and np.isfinite(out).all()
+
+
+def test_background_windows_are_skipped(den: Denoiser) -> None:
+    vol = _volume(shape=(24, 28, 24))
+    padded = np.zeros((1, 72, 28, 24), np.float32)
+    padded[:, :24] = vol.data
+    result = den.denoise_volume(Volume.from_array(padded[0], modality="MR"), roi_size=(24, 28, 24), overlap=0.0)
+    assert result.info["skipped_windows"] >= 1
+    assert np.all(result.volume.data[0, 40:] == 0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(steps=0), dict(samples=0), dict(sampler="ddpm"), dict(overlap=1.5), dict(strength=-1.0),
+     dict(sigma=-0.1), dict(roi_size=(4, 4, 4)), dict(samples=3, sampler="euler")],
+)
+def test_bad_options_name_themselves(bad: dict) -> None:
+    with pytest.raises(MedidiffError):
+        DenoiseOptions(**bad).resolved()
+
+
+def test_api_returns_the_kind_it_was_given(tiny_model, tmp_path) -> None:
+    import nibabel as nib
+
+    arr = _volume().to_array()
+    out = denoise(arr, affine=np.eye(4), model=str(tiny_model), device="cpu", modality="MR")
+    assert isinstance(out, np.ndarray) and out.shape == arr.shape and out.dtype == arr.dtype
+    img = nib.Nifti1Image(arr, np.diag([2.0, 2.0, 2.0, 1.0]))
+    out_img = denoise(img, model=str(tiny_model), device="cpu", modality="MR")
+    assert isinstance(out_img, nib.Nifti1Image) and np.array_equal(out_img.affine, img.affine)
+    from monai.data import MetaTensor
+
+    mt = MetaTensor(torch.from_numpy(arr[None]), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    out_mt = denoise(mt, model=str(tiny_model), device="cpu", modality="MR")
+    assert isinstance(out_mt, MetaTensor) and out_mt.shape == mt.shape
+    assert torch.equal(torch.as_tensor(out_mt.affine), torch.as_tensor(mt.affine))
+    path = write_phantom(tmp_path / "p.nii.gz")
+    out_vol = denoise(str(path), model=str(tiny_model), device="cpu")
+    assert isinstance(out_vol, Volume)
+    with pytest.raises(MedidiffError, match="cannot denoise"):
+        denoise([1, 2, 3], model=str(tiny_model), device="cpu")
+
+
+def test_run_folder_and_exported_file_agree(tiny_run, tiny_model) -> None:
+    vol = _volume()
+    a = Denoiser(model=str(tiny_run), device="cpu").denoise_volume(vol).volume.data
+    b = Denoiser(model=str(tiny_model), device="cpu").denoise_volume(vol).volume.data
+    # the exported file holds fp16 weights: close, not identical
+    assert np.abs(a - b).max() < 0.02 * float(np.abs(a).max())
+
+
+def test_cuda_request_without_cuda_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(MedidiffError, match="cuda"):
+        Denoiser(model=None, device="cuda")
+
+
+def test_missing_model_is_a_model_error(tmp_path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        Denoiser(model=str(tmp_path / "nope.safetensors"), device="cpu").denoise_volume(_volume())
