@@ -19,7 +19,7 @@ _API = {
     "denoise": "medidiff.inference",
     "Denoiser": "medidiff.inference",
     "DenoiseOptions": "medidiff.inference",
-    "train": "medidiff.train",
+    "train": "medidiff.training",
     "load_config": "medidiff.config",
     "evaluate": "medidiff.evaluate",
     "load_model": "medidiff.checkpoint",

@@ -4,9 +4,10 @@ Names follow inputs: ``scan.nii.gz`` -> ``OUT/scan.nii.gz``; a DICOM folder ``se
 ``OUT/series1.nii.gz``. When the input folder is a BIDS dataset (it has
 ``dataset_description.json``), outputs keep their relative paths under ``OUT`` with a
 ``desc-denoised`` entity (``sub-01_desc-denoised_T1w.nii.gz``) and ``OUT`` gets its own
-``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``). An output whose JSON
-sidecar exists is finished: a rerun skips it unless ``force``, so an interrupted batch continues
-where it stopped.
+``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``). Every output is written
+atomically, so one that exists (with its uncertainty map when one is asked for) is finished: a rerun
+skips it unless ``force``, so an interrupted batch continues where it stopped, with or without
+sidecars. A failing input is reported and skipped; the others are still processed.
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
     if single_file and not out.is_dir():
         if not out.name.lower().endswith(NIFTI_SUFFIXES):
             raise MedidiffError(f"{out}: the output must be a .nii or .nii.gz file (or an existing folder)")
-        return [Job(paths[0], out, Path(uncertainty) if uncertainty else None)], None
+        job = Job(paths[0], out, Path(uncertainty) if uncertainty else None)
+        if paths[0].resolve() in (out.resolve(), job.uncertainty.resolve() if job.uncertainty else None):
+            raise MedidiffError(f"{out}: is also the input and inputs are never overwritten; choose another name")
+        return [job], None
     out.mkdir(parents=True, exist_ok=True)
     unc_dir = Path(uncertainty).expanduser() if uncertainty else None
     if unc_dir is not None:
@@ -98,6 +102,8 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
             bids = _is_bids_root(p)
             bids_root = out if bids else bids_root
             for src in _folder_inputs(p):
+                if out.resolve() != p.resolve() and out.resolve() in src.resolve().parents:
+                    continue  # an output folder inside the input folder: earlier results are not inputs
                 rel = src.relative_to(p)
                 name = bids_denoised_name(rel.name) if bids else strip_suffix(rel.name) + ".nii.gz"
                 target = out / rel.parent / name
@@ -111,6 +117,12 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
             name = strip_suffix(p.name) + ".nii.gz"
             unc = unc_dir / (strip_suffix(name) + "_uncertainty.nii.gz") if unc_dir else None
             jobs.append(Job(p, out / name, unc))
+    sources = {job.source.resolve() for job in jobs}
+    for job in jobs:
+        for target in (job.output, job.uncertainty or job.output):
+            if target.resolve() in sources:
+                raise MedidiffError(f"{target}: is also an input and inputs are never overwritten; "
+                                    "choose another output name or folder")
     seen: dict[Path, Path] = {}
     for job in jobs:
         if job.output in seen:
@@ -161,7 +173,8 @@ def run_jobs(
     single = len(jobs) == 1
     for n, job in enumerate(jobs, 1):
         prefix = "" if single else f"[{n}/{len(jobs)}] "
-        if not force and job.output.exists() and sidecar_path(job.output).exists() and not single:
+        finished = job.output.exists() and (job.uncertainty is None or job.uncertainty.exists())
+        if not force and finished and not single:
             report.skipped.append(job.output)
             on_progress(f"{prefix}{job.output}: done already, skipped (use --force to redo)")
             continue
@@ -172,6 +185,13 @@ def run_jobs(
                 raise
             report.failed.append((job.source, str(exc)))
             on_progress(f"{prefix}{job.source}: FAILED: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - one scan's internal failure must not end the batch
+            if single:
+                raise
+            why = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            report.failed.append((job.source, why))
+            on_progress(f"{prefix}{job.source}: FAILED: {why}")
             continue
         report.done.append(job.output)
         sigma = info.get("sigma")

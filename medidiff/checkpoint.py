@@ -4,8 +4,8 @@ A run folder looks like::
 
     RUN/config.yaml                   the resolved config
     RUN/metrics.jsonl                 one JSON record per logged step
-    RUN/checkpoints/step-000200/      model.safetensors (weights + EMA), optimizer.safetensors, state.json
-    RUN/checkpoints/latest.json       {"step": 200, "path": "step-000200"}
+    RUN/checkpoints/step-0000200/     model.safetensors (weights + EMA), optimizer.safetensors, state.json
+    RUN/checkpoints/latest.json       {"step": 200, "path": "step-0000200"}
 
 An exported model is a single ``.safetensors`` file holding the EMA weights (fp16 by default) with
 the resolved config in its metadata, so it needs no YAML. ``--model`` accepts a bundled name
@@ -129,19 +129,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     try:
         path = run_dir / "checkpoints" / json.loads(pointer.read_text(encoding="utf-8"))["path"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ModelError(f"{pointer}: damaged; delete it to fall back to the newest step-* folder") from None
+        raise ModelError(f"{pointer}: damaged; rewrite it as {{\"step\": N, \"path\": \"step-000000N\"}}") from None
     return path if path.is_dir() else None
 
 
 def load_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     """(weights with ``model.``/``ema.`` prefixes, optimizer tensors, state JSON) of a checkpoint folder."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         weights = load_file(str(ckpt / "model.safetensors"))
         opt = load_file(str(ckpt / "optimizer.safetensors"))
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, json.JSONDecodeError, SafetensorError) as exc:
         raise ModelError(f"{ckpt}: damaged checkpoint ({exc}); use an earlier one") from None
     return weights, opt, state
 

@@ -26,6 +26,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports bad options in our one-line style (exit code 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.split())  # argparse echoes the bad value, however long it is
+        message = message if len(message) <= 300 else message[:297] + "..."
         self.exit(EXIT_USER_ERROR, f"medidiff: error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -178,6 +180,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {text}")
+    return value
+
+
 def _nonneg_float(text: str) -> float:
     try:
         value = float(text)
@@ -219,7 +231,7 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["euler", "heun", "ancestral"], default=None,
                    help="euler/heun are deterministic, ancestral stochastic (default euler; ancestral with --samples)")
     p.add_argument("--samples", type=_positive_int, default=1, help="average K stochastic runs")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw")
     p.add_argument("--uncertainty", default=None,
                    help="write the voxelwise std over --samples here (a file, or a folder for batches)")
     p.add_argument("--roi-size", type=_positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
@@ -252,7 +264,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from medidiff.train import train
+    from medidiff.training import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     progress = None if args.progress == "auto" else args.progress == "bar"
@@ -274,7 +286,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", type=_positive_float, default=1.5, help="voxel size of the output (mm)")
     p.add_argument("--steps", type=_positive_int, default=40, help="reverse-process steps")
     p.add_argument("--sampler", choices=["euler", "heun", "ancestral"], default="heun")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(handler=_cmd_sample)
 
@@ -379,6 +391,14 @@ def _sigterm_as_interrupt() -> Any:
     return previous
 
 
+def _out_of_memory() -> int:
+    print(
+        "medidiff: error: out of memory; try a smaller --roi-size or --batch-size, or --device cpu",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -402,14 +422,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         if debug:
             raise
-        print(
-            "medidiff: error: out of memory; try a smaller --roi-size or --batch-size, or --device cpu",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL_ERROR
+        return _out_of_memory()
     except Exception as exc:  # noqa: BLE001 - the last line of defence, one line unless --debug
         if debug:
             raise
+        if type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc):  # torch
+            return _out_of_memory()
         text = " ".join(str(exc).split())  # backends (torch, ITK) write messages over many lines
         text = text if len(text) <= 300 else text[:297] + "..."
         print(

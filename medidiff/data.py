@@ -214,7 +214,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
         out = []
         for k in range(n):
-            shape = tuple(max(p, s) for p, s in zip(patch_size, (96, 112, 96), strict=True))
+            sx, sy, sz = (max(p, s) for p, s in zip(patch_size, (96, 112, 96), strict=True))
+            shape = (sx, sy, sz)
             clean = head_phantom(shape, contrast="T2" if k % 2 else "T1", seed=1000 + k)  # type: ignore[arg-type]
             if modality == "CT":
                 clean = clean * 1400.0 - 1000.0  # a crude HU mapping: air -1000, tissue around 0..400

@@ -55,6 +55,8 @@ def run_denoise(args: argparse.Namespace) -> int:
         check_output(jobs[0].output, args.force)
         if jobs[0].uncertainty is not None:
             check_output(jobs[0].uncertainty, args.force)
+        if not args.no_sidecar:
+            check_output(sidecar_path(jobs[0].output), args.force)
     elif args.series is not None:
         raise MedidiffError("--series applies to a single DICOM folder input")
     denoiser = Denoiser(model=args.model, device=args.device)
@@ -74,7 +76,14 @@ def run_denoise(args: argparse.Namespace) -> int:
     }
 
     def work(job: Job) -> dict[str, Any]:
-        volume = read_volume(job.source, series=args.series)
+        if not args.no_sidecar:  # a JSON file of that name (a BIDS sidecar?) is not ours to replace
+            check_output(sidecar_path(job.output), args.force)
+        try:
+            volume = read_volume(job.source, series=args.series)
+        except MemoryError:
+            raise MedidiffError(
+                f"{job.source}: too large to load into the free memory; crop it or use a machine with more memory"
+            ) from None
         result = denoiser.denoise_volume(volume, modality=args.modality, **run_options)
         write_volume(result.volume, job.output, force=args.force)
         if job.uncertainty is not None and result.uncertainty is not None:
@@ -89,7 +98,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         if job.uncertainty is not None:
             info["uncertainty"] = str(job.uncertainty)
         if not args.no_sidecar:
-            write_text_atomic(sidecar_path(job.output), json.dumps(info, indent=2) + "\n", force=True)
+            write_text_atomic(sidecar_path(job.output), json.dumps(info, indent=2) + "\n", force=args.force)
         return info
 
     report = run_jobs(jobs, work, args.force)
@@ -103,5 +112,6 @@ def run_denoise(args: argparse.Namespace) -> int:
     if report.failed:
         for source, why in report.failed:
             print(f"failed: {source}: {why}", file=sys.stderr)
-        return 2
+        internal = any(why.startswith("internal error") for _, why in report.failed)
+        return 1 if internal else 2
     return 0

@@ -10,8 +10,9 @@ Rules (see ``docs/io.md``):
   built from the tags in LPS and converted to RAS.
 * Refused with an :class:`InputError` naming the hazard: missing slices, duplicate positions,
   uneven spacing, mixed orientations or image sizes, gantry tilt (sheared slices), colour images,
-  missing geometry tags, enhanced multi-frame files. Handled: several echo times in one series (a 4D
-  volume ordered by echo time) and Siemens mosaics (one 3D volume per file, 4D for several files).
+  missing geometry tags, multi-frame files without per-frame geometry. Handled: enhanced multi-frame
+  files (read frame by frame), several echo times in one series (a 4D volume ordered by echo time)
+  and Siemens mosaics (one 3D volume per file, 4D for several files).
 """
 
 from __future__ import annotations

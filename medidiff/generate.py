@@ -28,7 +28,7 @@ def sample_prior(
     from medidiff.checkpoint import load_model
     from medidiff.errors import MedidiffError
     from medidiff.files import check_output
-    from medidiff.inference import pick_device
+    from medidiff.inference import check_memory, pick_device
     from medidiff.io import write_volume
     from medidiff.sampling import get_sampler
     from medidiff.schedule import KarrasSchedule
@@ -42,6 +42,8 @@ def sample_prior(
     factor = 2 ** (len(cfg.model.channels) - 1)
     if any(s % factor for s in shape):
         raise MedidiffError(f"--shape {list(shape)} must be divisible by {factor} for this model")
+    # the whole volume goes through the network at once: a few full-resolution feature maps
+    check_memory(shape, copies=8 + 4 * cfg.model.channels[0])
     den = loaded.denoiser.to(dev)
     schedule = KarrasSchedule(cfg.schedule.sigma_min, cfg.schedule.sigma_max, cfg.schedule.rho)
     sigmas = schedule.sigmas(steps, device=dev)

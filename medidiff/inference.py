@@ -39,7 +39,8 @@ class DenoiseOptions:
 
     Attributes:
         sigma: noise std in the scan's own units (HU for CT); None estimates it.
-        steps: denoiser evaluations along the reverse process (1: single-step estimate).
+        steps: steps along the reverse process (1: the single-step estimate); Heun evaluates the
+            denoiser twice per step except the last.
         sampler: ``euler`` / ``heun`` (deterministic) or ``ancestral`` (stochastic).
         samples: number of runs averaged; > 1 also gives the voxelwise standard deviation.
         strength: extra re-noising before the reverse process, as a fraction of sigma (SDEdit).
@@ -83,7 +84,7 @@ class DenoiseOptions:
                 f"--samples {self.samples} with the deterministic sampler {sampler!r} gives identical runs; "
                 "use --sampler ancestral or --strength > 0"
             )
-        if self.sampler in STOCHASTIC and steps < 2 and self.strength == 0 and self.samples > 1:
+        if sampler in STOCHASTIC and steps < 2 and self.strength == 0 and self.samples > 1:
             raise MedidiffError("--sampler ancestral needs --steps 2 or more to draw different samples")
         if not 0 <= self.strength <= 10:
             raise MedidiffError(f"--strength must be between 0 and 10, got {self.strength}")
@@ -95,6 +96,8 @@ class DenoiseOptions:
             raise MedidiffError(f"--roi-size needs three sizes of at least {MIN_SIZE}, got {self.roi_size}")
         if self.batch_size < 1:
             raise MedidiffError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.seed < 2**63:
+            raise MedidiffError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise MedidiffError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         return dataclasses.replace(self, sampler=sampler, steps=steps)
@@ -170,8 +173,9 @@ class _WindowedDenoiser:
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
+        assert self.opts.roi_size is not None  # filled by Denoiser.denoise_volume
         with torch.inference_mode():
-            return sliding_window_inference(
+            out = sliding_window_inference(
                 x,
                 roi_size=self.opts.roi_size,
                 sw_batch_size=self.opts.batch_size,
@@ -182,6 +186,8 @@ class _WindowedDenoiser:
                 device=torch.device("cpu"),
                 progress=False,
             )
+        assert isinstance(out, torch.Tensor)
+        return out
 
 
 class Denoiser:
@@ -215,7 +221,7 @@ class Denoiser:
         from medidiff.io import guess_modality
 
         opts = DenoiseOptions(**{k: v for k, v in options.items() if v is not None or k == "sigma"})
-        opts = dataclasses.replace(opts, device=self.device.type).resolved()
+        opts = dataclasses.replace(opts, device="cuda" if self.device.type == "cuda" else "cpu").resolved()
         if modality is not None and modality not in ("MR", "CT"):
             raise MedidiffError(f"--modality must be MR or CT, got {modality!r}")
         modality = modality or volume.meta.modality or guess_modality(volume)
@@ -228,6 +234,14 @@ class Denoiser:
         loaded = self._model_for(modality)
         if opts.roi_size is None:
             opts = dataclasses.replace(opts, roi_size=tuple(2 * p for p in loaded.config.data.patch_size))
+        factor = 2 ** (len(loaded.config.model.channels) - 1)
+        roi_size = opts.roi_size or ()
+        if any(r % factor for r in roi_size):
+            raise MedidiffError(f"--roi-size {list(roi_size)} must be divisible by {factor} for this model's U-Net")
+        # a window larger than the scan is zero-padded, which dilutes the background test of each
+        # window (a small scan came out blank): shrink it to the smallest size that covers the scan
+        roi = tuple(min(r, -(-s // factor) * factor) for r, s in zip(roi_size, volume.spatial_shape, strict=True))
+        opts = dataclasses.replace(opts, roi_size=roi)
         started = time.perf_counter()
         outputs, spreads, sigmas, notes = [], [], [], []
         stats = {"windows": 0, "skipped_windows": 0}
@@ -250,7 +264,7 @@ class Denoiser:
             "samples": opts.samples,
             "strength": opts.strength,
             "seed": opts.seed,
-            "roi_size": list(opts.roi_size),
+            "roi_size": list(opts.roi_size or ()),
             "overlap": opts.overlap,
             "device": str(self.device),
             "precision": "bf16" if self.device.type == "cuda" else "fp32",
@@ -274,6 +288,13 @@ class Denoiser:
         filled = np.where(finite, data, _fill_value(modality)).astype(np.float32)
         if float(filled.max()) == float(filled.min()):
             return data.copy(), np.zeros_like(data), 0.0, "constant volume returned unchanged"
+        if modality == "MR" and np.count_nonzero(filled > 0) < 0.001 * filled.size:
+            # MR windows without positive signal are background and come back as zeros: refuse
+            # rather than blank a volume that is not a magnitude image (phase, subtraction, HU...)
+            raise MedidiffError(
+                "an MR volume with (almost) no positive intensities is not a magnitude image; "
+                "medidiff denoises MR magnitude and CT in HU (pass --modality CT for CT)"
+            )
         norm = fit_normalization(filled, modality)  # type: ignore[arg-type]
         sigma_units = opts.sigma if opts.sigma is not None else estimate_sigma(filled, modality)  # type: ignore[arg-type]
         cfg = loaded.config

@@ -77,8 +77,12 @@ def add_ct_noise(
 
     ``x0`` is (..., X, Y, Z) with axial slices in the (X, Y) plane, as in CT scans stored axially.
     ``smoothness`` sets the reconstruction kernel (see :func:`_ramp_filter`); None draws it
-    uniformly from [0, 2] so a model trained on it meets sharp and soft kernels alike.
+    uniformly from [0, 2] (per sample for a 5D batch) so a model trained on it meets sharp and soft
+    kernels alike.
     """
+    if smoothness is None and x0.ndim == 5:  # a batch (B, C, X, Y, Z): one kernel per sample
+        sig = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device).expand(x0.shape[0], *([1] * 4))
+        return torch.stack([add_ct_noise(x0[i], sig[i], generator) for i in range(x0.shape[0])])
     white = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=torch.float32)
     if smoothness is None:
         smoothness = 2.0 * float(torch.rand((), generator=generator, device=x0.device))

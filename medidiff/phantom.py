@@ -74,7 +74,7 @@ def head_phantom(
         out[lesion & (radius < 0.8)] = _CONTRAST["lesion"][idx]
     bias = 1.0 + 0.15 * _smooth_field(shape, rng, 12.0)
     texture = 1.0 + 0.02 * _smooth_field(shape, rng, 1.0)
-    out = out * bias * texture
+    out = (out * bias * texture).astype(np.float32)
     out[radius >= 1.0] = 0.0
     return np.clip(out, 0.0, None).astype(np.float32)
 

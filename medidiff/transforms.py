@@ -110,7 +110,11 @@ def nlm_cleanupd(key: str, modality: Literal["MR", "CT"]) -> Any:
             d = dict(data)
             arr = np.asarray(d[key][0], dtype=np.float64)
             shift = max(0.0, -float(arr.min()))
-            sigma = estimate_sigma(arr.astype(np.float32), "MR" if modality == "MR" else None)
+            if modality == "CT":  # the CT estimator works in HU; the data here are normalized
+                hu = arr * (CT_HIGH - CT_LOW) + CT_LOW
+                sigma = estimate_sigma(hu.astype(np.float32), "CT") / (CT_HIGH - CT_LOW)
+            else:
+                sigma = estimate_sigma(arr.astype(np.float32), "MR")
             cleaned = nlmeans(arr + shift, sigma=sigma, rician=modality == "MR") - shift
             d[key] = d[key].clone()
             d[key][0] = d[key].new_tensor(cleaned.astype(np.float32))

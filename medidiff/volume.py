@@ -109,11 +109,12 @@ class Volume:
 
     def to_metatensor(self) -> Any:
         """A MONAI ``MetaTensor`` (C, X, Y, Z) whose ``affine`` is ours, so MONAI transforms apply."""
+        import torch
         from monai.data import MetaTensor
 
         return MetaTensor(
             self.data.copy(),
-            affine=self.meta.affine.copy(),
+            affine=torch.as_tensor(self.meta.affine.copy()),
             meta={"filename_or_obj": self.meta.source_path, "space": "RAS", "medidiff_meta": self.meta},
         )
 

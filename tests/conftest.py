@@ -47,7 +47,7 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path) -> Path:
     """A run folder of configs/tiny.yaml trained 6 steps on phantoms."""
-    from medidiff.train import train
+    from medidiff.training import train
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(str(TINY_CONFIG), [f"data.train={phantom_dir}", f"data.val={phantom_dir}", f"output_dir={run}"],

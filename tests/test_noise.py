@@ -72,7 +72,6 @@ def test_mr_estimator_on_phantom(sigma: float) -> None:
 @pytest.mark.parametrize("sigma", [0.03, 0.09])
 def test_mr_estimator_within_10_percent_on_real_brain(sigma: float) -> None:
     import nibabel as nib
-
     from conftest import reference_scan
 
     clean = nib.load(str(reference_scan("colin27_ch2_T1_brain_1mm.nii.gz"))).get_fdata(dtype=np.float32)

@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY_CONFIG, write_phantom
 
 from medidiff.errors import ConfigError, InputError
-from medidiff.train import train
+from medidiff.training import train
 
 
 def _records(run: Path) -> list[dict]:

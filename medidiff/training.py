@@ -1,7 +1,7 @@
 """The training loop: EDM loss on noisy patches, AdamW, EMA, bf16 on CUDA, checkpoints, resume, DDP.
 
 Run with ``medidiff train --config configs/mri.yaml`` on one device, or unchanged under
-``torchrun --nproc_per_node N medidiff train ...``: each rank draws its own slice of the global
+``torchrun --nproc_per_node N -m medidiff train ...``: each rank draws its own slice of the global
 sample stream (see :mod:`medidiff.data`), gradients are averaged by DDP, and rank 0 alone writes.
 Checkpoints are written every ``train.save_every`` steps, at the end, and when SIGTERM or SIGINT
 arrives (cluster preemption), so a killed run resumes with ``--resume RUN`` losing at most the steps
@@ -174,7 +174,7 @@ def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
 def prepare_run(
     config_path: str | None, overrides: list[str], resume: str | None
 ) -> tuple[Config, Path, bool]:
-    """Resolve the config and run folder; on resume, only training-length keys may change."""
+    """Resolve the config and run folder; on resume, any key but ``model.*`` and ``schedule.*`` may change."""
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
@@ -257,12 +257,13 @@ def train(
     start_step = 0
     if resuming:
         ckpt = latest_checkpoint(run_dir)
-        if ckpt is not None:
-            weights, opt_tensors, state = load_checkpoint(ckpt)
-            model.net.load_state_dict(split_weights(weights, "model"))
-            ema.load_state_dict(split_weights(weights, "ema"))
-            restore_optimizer(optimizer, opt_tensors, state)
-            start_step = int(state["step"])
+        if ckpt is None:
+            raise ConfigError(f"{run_dir}: has no checkpoint to resume from; start a new run with --config")
+        weights, opt_tensors, state = load_checkpoint(ckpt)
+        model.net.load_state_dict(split_weights(weights, "model"))
+        ema.load_state_dict(split_weights(weights, "ema"))
+        restore_optimizer(optimizer, opt_tensors, state)
+        start_step = int(state["step"])
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -320,8 +321,9 @@ def train(
                 x0 = x0.to(memory_format=torch.channels_last_3d)
                 noisy = noisy.to(memory_format=torch.channels_last_3d)
             lr = cfg.train.lr * min(1.0, (step + 1) / max(1, cfg.train.lr_warmup_steps))
-            for group in optimizer.param_groups:
+            for group in optimizer.param_groups:  # config wins over restored optimizer settings
                 group["lr"] = lr
+                group["weight_decay"] = cfg.train.weight_decay
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
                 loss = model.loss(x0, noisy, sigma)
             if not torch.isfinite(loss):
