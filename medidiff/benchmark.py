@@ -9,9 +9,9 @@ Cases (clean reference volumes) x noise levels x methods. Noise is simulated on 
   std over soft tissue in HU. Metrics in the HU window [-1000, 1000], data range 2000, body mask.
 
 Classical methods get the true sigma (MR: the Rician sigma; CT: the std of the added noise over soft
-tissue); medidiff estimates its own, recorded next to the true value. Each method runs in a forked
-child process, so its wall time and peak memory are measured in the same run and a crash of one
-method is recorded in its row without stopping the others.
+tissue); medidiff estimates its own, recorded next to the true value. Each method runs in a process
+of its own (started by a fork server), so its wall time and peak memory are measured in the same run
+and a crash of one method is recorded in its row without stopping the others.
 """
 
 from __future__ import annotations
@@ -121,9 +121,7 @@ class CTSettings:
 class QuickSettings:
     """What ``--quick`` changes besides crops and levels: the methods (unless ``--methods``), samples."""
 
-    methods: list[str] = field(
-        default_factory=lambda: ["medidiff", "medidiff-1step", "nlmeans", "tv", "wavelet"]
-    )
+    methods: list[str] = field(default_factory=lambda: ["medidiff", "medidiff-1step", "nlmeans", "tv", "wavelet"])
     avg_samples: int = 2
 
 
@@ -172,9 +170,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - set(names))
     if unknown:
         place = f" in {where}" if where else ""
-        raise ConfigError(
-            f"unknown benchmark config key {unknown[0]!r}{place}; valid keys: {', '.join(names)}"
-        )
+        raise ConfigError(f"unknown benchmark config key {unknown[0]!r}{place}; valid keys: {', '.join(names)}")
     hints = typing.get_type_hints(cls)
     try:
         return cls(**{k: _typed(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()})
@@ -282,9 +278,7 @@ def make_samples(cfg: BenchmarkConfig, quick: bool = False) -> list[Sample]:
     for case_index, case in enumerate(cfg.cases):
         path = Path(cfg.data_dir) / case.file
         if not path.exists():
-            raise MedidiffError(
-                f"{path}: reference scan not found; pass --data-dir or set data_dir in the config"
-            )
+            raise MedidiffError(f"{path}: reference scan not found; pass --data-dir or set data_dir in the config")
         volume = read_volume(str(path))
         clean = volume.data[0].astype(np.float32)
         affine = np.array(volume.meta.affine, dtype=np.float64)
@@ -374,11 +368,16 @@ CLASSICAL: dict[str, Callable[[np.ndarray, float, bool, ClassicalSettings], np.n
 }
 
 
-def _medidiff_runner(name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool) -> Callable[[], tuple]:
-    from medidiff.inference import Denoiser
+def _medidiff_runner(
+    name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool, factory: Callable[..., Any] | None
+) -> Callable[[], tuple]:
+    if factory is None:
+        from medidiff.inference import Denoiser
+
+        factory = Denoiser
 
     settings = cfg.medidiff
-    denoiser = Denoiser(model=settings.model, device=settings.device)
+    denoiser = factory(model=settings.model, device=settings.device)
     volume = Volume.from_array(sample.noisy, sample.affine, modality=sample.case.modality)
     kwargs: dict[str, Any] = {"modality": sample.case.modality, "seed": cfg.seed, "steps": settings.steps}
     if name == "medidiff-1step":
@@ -394,11 +393,20 @@ def _medidiff_runner(name: str, sample: Sample, cfg: BenchmarkConfig, quick: boo
     return run
 
 
-def run_method(name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool = False) -> MethodOutput:
-    """Run one method on ``sample.noisy``; setup (model loading) is timed apart from the denoising call."""
+def run_method(
+    name: str,
+    sample: Sample,
+    cfg: BenchmarkConfig,
+    quick: bool = False,
+    factory: Callable[..., Any] | None = None,
+) -> MethodOutput:
+    """Run one method on ``sample.noisy``; setup (model loading) is timed apart from the denoising call.
+
+    ``factory`` builds the medidiff denoiser (default ``medidiff.inference.Denoiser``).
+    """
     start = time.perf_counter()
     if name in MEDIDIFF_METHODS:
-        run = _medidiff_runner(name, sample, cfg, quick)
+        run = _medidiff_runner(name, sample, cfg, quick, factory)
     elif name in CLASSICAL:
         ct = sample.case.modality == "CT"
         function = CLASSICAL[name]
@@ -416,12 +424,15 @@ def run_method(name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool = Fa
 
 # ---------------------------------------------------------------- measuring in a child process
 
+PRELOAD = [
+    "medidiff.benchmark", "medidiff.inference", "dipy.denoise.nlmeans", "skimage.restoration._denoise", "pywt",
+]  # fmt: skip
 MEMORY_NOTES = {
     "vmhwm": "peak resident memory (VmHWM, reset through /proc/self/clear_refs) above the resident "
-    "memory before the method, in a forked child process per method",
+    "memory before the method, in a separate process per method",
     "maxrss": "peak resident memory (getrusage ru_maxrss) above the resident memory before the method, "
-    "in a forked child process per method",
-    "none": "not measured (isolate: false, or no fork on this platform)",
+    "in a separate process per method",
+    "none": "not measured (isolate: false)",
 }
 
 
@@ -433,9 +444,25 @@ def _proc_status_mib(key: str) -> float | None:
     return None
 
 
-def _measured(name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool) -> tuple[MethodOutput, str]:
+def _prepare(name: str) -> None:
+    """Import what a method needs before it is timed (scikit-image resolves submodules lazily)."""
+    if name == "nlmeans":
+        from dipy.denoise.nlmeans import nlmeans  # noqa: F401
+    elif name in ("tv", "wavelet"):
+        from skimage.restoration import denoise_tv_chambolle, denoise_wavelet  # noqa: F401
+
+        if name == "wavelet":
+            import pywt  # noqa: F401
+    elif name == "bm4d":
+        import bm4d  # type: ignore[import-not-found]  # noqa: F401
+
+
+def _measured(
+    name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool, factory: Callable[..., Any] | None
+) -> tuple[MethodOutput, str]:
     import resource
 
+    _prepare(name)
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # resets VmHWM to the current resident size
@@ -443,7 +470,7 @@ def _measured(name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool) -> t
     except OSError:
         mode = "maxrss"
     before = _proc_status_mib("VmRSS") or 0.0
-    output = run_method(name, sample, cfg, quick)
+    output = run_method(name, sample, cfg, quick, factory)
     if mode == "vmhwm":
         peak = _proc_status_mib("VmHWM") or 0.0
     else:
@@ -452,9 +479,9 @@ def _measured(name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool) -> t
     return output, mode
 
 
-def _child(conn: Any, name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool) -> None:
+def _child(conn: Any, name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool, factory: Any) -> None:
     try:
-        conn.send(("ok", _measured(name, sample, cfg, quick)))
+        conn.send(("ok", _measured(name, sample, cfg, quick, factory)))
     except BaseException as exc:  # noqa: BLE001 - any failure goes into the method's row
         text = str(exc).strip().splitlines()
         conn.send(("error", f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__))
@@ -462,26 +489,53 @@ def _child(conn: Any, name: str, sample: Sample, cfg: BenchmarkConfig, quick: bo
         conn.close()
 
 
+def _process_context() -> Any:
+    """A fork server (a fresh process, libraries preloaded) where there is one, else spawn.
+
+    Never plain fork: a process forked after PyTorch or DIPY started their OpenMP thread pools
+    deadlocks in the next OpenMP call.
+    """
+    import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)  # import errors there are ignored; the method reports them
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def measure_method(
-    name: str, sample: Sample, cfg: BenchmarkConfig, quick: bool = False
+    name: str,
+    sample: Sample,
+    cfg: BenchmarkConfig,
+    quick: bool = False,
+    factory: Callable[..., Any] | None = None,
 ) -> tuple[MethodOutput, str]:
-    """Run a method in a forked child process; returns (output, memory measure key of MEMORY_NOTES).
+    """Run a method in its own process; returns (output, memory measure key of MEMORY_NOTES).
+
+    ``factory`` (default ``medidiff.inference.Denoiser``) must be importable by name in the child.
 
     Raises:
         RuntimeError: the method failed (one line: exception type and message) or its process died.
     """
-    import multiprocessing
-
-    if not cfg.isolate or "fork" not in multiprocessing.get_all_start_methods():
+    if not cfg.isolate:
         try:
-            return run_method(name, sample, cfg, quick), "none"
+            return run_method(name, sample, cfg, quick, factory), "none"
         except Exception as exc:  # noqa: BLE001 - reported in the row
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
-    ctx = multiprocessing.get_context("fork")
+    ctx = _process_context()
     parent, child = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(child, name, sample, cfg, quick))
-    process.start()
-    child.close()
+    process = ctx.Process(target=_child, args=(child, name, sample, cfg, quick, factory))
+    try:
+        process.start()
+    except OSError as exc:  # e.g. a script read from stdin, which a fresh process cannot re-import
+        parent.close()
+        raise RuntimeError(
+            f"could not start the method's process ({exc}); run the benchmark with the medidiff "
+            "command or from a script file, or set isolate: false"
+        ) from None
+    finally:
+        child.close()
     try:
         status, payload = parent.recv()
     except EOFError:
@@ -556,7 +610,6 @@ def run_benchmark(
     Raises:
         OutputExistsError: ``output`` holds results already and ``force`` is False.
     """
-    import importlib
     import importlib.util
 
     from tqdm import tqdm
@@ -566,23 +619,20 @@ def run_benchmark(
         raise MedidiffError(f"{out}: exists and is not a folder; give a folder for --output")
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if existing and not force:
-        raise OutputExistsError(
-            f"{out}: holds results already ({existing[0]}); pass --force to overwrite them"
-        )
+        raise OutputExistsError(f"{out}: holds results already ({existing[0]}); pass --force to overwrite them")
     out.mkdir(parents=True, exist_ok=True)
     methods = list(cfg.quick.methods if quick else cfg.methods)
     skipped = []
     if "bm4d" in methods and importlib.util.find_spec("bm4d") is None:
         methods.remove("bm4d")
         skipped.append("bm4d (not installed; `pip install bm4d`, non-commercial licence)")
-    # import the libraries before forking, so that no child times their import (scikit-image loads
-    # its submodules lazily, on first attribute access: resolve the functions here)
-    from dipy.denoise.nlmeans import nlmeans  # noqa: F401
-    from skimage.restoration import denoise_tv_chambolle, denoise_wavelet  # noqa: F401
+    # resolved here so that a replaced ``medidiff.inference.Denoiser`` reaches the method processes
+    factory: Callable[..., Any] | None = None
+    if any(name in MEDIDIFF_METHODS for name in methods):
+        with contextlib.suppress(Exception):  # an import error is reported in the medidiff rows
+            from medidiff.inference import Denoiser
 
-    for optional in ("pywt", "bm4d", "medidiff.inference"):
-        with contextlib.suppress(Exception):  # a broken one fails in its own rows instead
-            importlib.import_module(optional)
+            factory = Denoiser
 
     machine = machine_info()
     samples = make_samples(cfg, quick)
@@ -596,9 +646,7 @@ def run_benchmark(
             "case": sample.case.name,
             "modality": sample.case.modality,
             "noise_level": sample.level,
-            "noise_unit": "% of clean p99.9 (Rician)"
-            if mr
-            else "HU target over soft tissue (projection Poisson)",
+            "noise_unit": "% of clean p99.9 (Rician)" if mr else "HU target over soft tissue (projection Poisson)",
             "sigma_true": sample.sigma_true,
             "sigma_unit": "fraction of clean p99.9" if mr else "HU",
             "shape": "x".join(map(str, sample.clean.shape)),
@@ -617,7 +665,7 @@ def run_benchmark(
             bar.set_postfix_str(f"{sample.case.name} {sample.level:g}: {name}")
             row = {**base, "method": name}
             try:
-                result, mode = measure_method(name, sample, cfg, quick)
+                result, mode = measure_method(name, sample, cfg, quick, factory)
                 modes.add(mode)
                 row["psnr"], row["ssim"] = _score(sample, result.denoised)
                 row.update(time_s=result.run_s, setup_s=result.setup_s, peak_mem_mb=result.peak_mem_mb)
@@ -757,8 +805,8 @@ def _figures(
         case_rows = [r for r in rows if r["case"] == case and r.get("psnr") is not None]
         for method in dict.fromkeys(r["method"] for r in case_rows):
             points = sorted((r["noise_level"], r["psnr"]) for r in case_rows if r["method"] == method)
-            style = "--" if method == "noisy" else "-"
-            ax.plot(*zip(*points, strict=True), marker="o", linestyle=style, label=method)
+            dashes = "--" if method == "noisy" else "-"
+            ax.plot(*zip(*points, strict=True), marker="o", linestyle=dashes, label=method)
         mr = bool(case_rows) and case_rows[0]["modality"] == "MR"
         ax.set_xlabel("Rician sigma (% of clean p99.9)" if mr else "soft-tissue noise target (HU)")
         ax.set_ylabel("PSNR (dB)")
@@ -788,9 +836,6 @@ def update_docs(report: BenchmarkReport, docs_dir: str | os.PathLike[str] | None
         head, rest = text.split(DOCS_START, 1)
         text = head + section + rest.split(DOCS_END, 1)[1]
     else:
-        intro = (
-            text
-            or "# Benchmarks\n\nGenerated by `medidiff benchmark --update-docs`; see docs/evaluation.md.\n"
-        )
+        intro = text or "# Benchmarks\n\nGenerated by `medidiff benchmark --update-docs`; see docs/evaluation.md.\n"
         text = intro.rstrip("\n") + "\n\n" + section + "\n"
     return write_text_atomic(target, text)

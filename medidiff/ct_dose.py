@@ -127,9 +127,7 @@ def slice_noise(
     return (delta_mu[inner] * (1000.0 / mu_water)).astype(np.float32)
 
 
-def _soft_tissue_stats(
-    noise: np.ndarray, clean: np.ndarray, region: np.ndarray | None = None
-) -> tuple[float, float]:
+def _soft_tissue_stats(noise: np.ndarray, clean: np.ndarray, region: np.ndarray | None = None) -> tuple[float, float]:
     soft = (clean >= SOFT_TISSUE_HU[0]) & (clean <= SOFT_TISSUE_HU[1])
     if region is not None:
         soft &= region
@@ -173,14 +171,10 @@ def calibrate_i0(
     picks = np.unique(np.linspace(count * 0.25, count * 0.75, n_slices).astype(int).clip(0, count - 1))
     i0 = 1e5
     for _ in range(2):
-        noise = np.stack(
-            [slice_noise(slices[k], pixel_mm, i0, rng, n_angles, filter_name, mu_water) for k in picks]
-        )
+        noise = np.stack([slice_noise(slices[k], pixel_mm, i0, rng, n_angles, filter_name, mu_water) for k in picks])
         std, _ = _soft_tissue_stats(noise, slices[picks], None if region is None else region[picks])
         if not (std > 0 and math.isfinite(std)):
-            raise MedidiffError(
-                "cannot calibrate the CT dose: the sampled slices hold no soft tissue (-300..300 HU)"
-            )
+            raise MedidiffError("cannot calibrate the CT dose: the sampled slices hold no soft tissue (-300..300 HU)")
         i0 = i0 * (std / target_std_hu) ** 2
     return float(i0)
 

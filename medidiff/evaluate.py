@@ -271,13 +271,9 @@ def format_report(results: Sequence[dict[str, Any]]) -> str:
     columns = [c for c in _COLUMNS if any(c[0] in r for r in results)]
     name_width = max(len("input"), *(len(str(r["input"])) for r in results))
     widths = [max(len(title), 8) for _, title, _ in columns]
-    header = "input".ljust(name_width) + "".join(
-        f"  {t:>{w}}" for (_, t, _), w in zip(columns, widths, strict=True)
-    )
+    header = "input".ljust(name_width) + "".join(f"  {t:>{w}}" for (_, t, _), w in zip(columns, widths, strict=True))
     lines.append(header)
     for r in results:
-        cells = "".join(
-            f"  {_fmt(r.get(key), d):>{w}}" for (key, _, d), w in zip(columns, widths, strict=True)
-        )
+        cells = "".join(f"  {_fmt(r.get(key), d):>{w}}" for (key, _, d), w in zip(columns, widths, strict=True))
         lines.append(str(r["input"]).ljust(name_width) + cells)
     return "\n".join(lines)

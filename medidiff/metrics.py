@@ -244,9 +244,7 @@ def _full_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     return mask
 
 
-def psnr(
-    reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None, *, data_range: float
-) -> float:
+def psnr(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None, *, data_range: float) -> float:
     """Peak signal-to-noise ratio in dB over the mask's voxels.
 
     ``10 log10(R^2 / MSE)`` with ``MSE`` the mean of ``(reference - test)^2`` over the voxels where
@@ -297,9 +295,7 @@ def mask_box(mask: np.ndarray, min_size: int = 1, margin: int = 0) -> tuple[slic
     return tuple(box)
 
 
-def ssim(
-    reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None, *, data_range: float
-) -> float:
+def ssim(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None, *, data_range: float) -> float:
     """Structural similarity averaged over the mask's voxels (scikit-image window).
 
     The SSIM map is ``skimage.metrics.structural_similarity(ref_box, test_box, data_range=R,
@@ -331,9 +327,7 @@ def ssim(
     return float(np.mean(smap[m[box]]))
 
 
-def ssim_monai(
-    reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None, *, data_range: float
-) -> float:
+def ssim_monai(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None, *, data_range: float) -> float:
     """Structural similarity with MONAI's Gaussian window, averaged over the mask's voxels.
 
     Uses ``monai.metrics.regression.compute_ssim_and_cs`` (the function behind ``SSIMMetric``) with

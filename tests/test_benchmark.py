@@ -178,6 +178,27 @@ def test_a_failing_or_crashing_method_is_recorded_in_its_row(tmp_path: Path, mon
     assert "no bundled model" in markdown and "exit code 3" in markdown
 
 
+def test_method_processes_survive_openmp_threads_in_the_parent(tmp_path: Path) -> None:
+    """A process forked after PyTorch started its OpenMP pool hangs in DIPY's OpenMP code."""
+    import threading
+
+    import torch
+
+    torch.nn.functional.conv3d(torch.randn(1, 1, 24, 24, 24), torch.ones(1, 1, 5, 5, 5))
+    _synthetic_data(tmp_path / "data")
+    cfg = _config(tmp_path / "data", ["nlmeans"], mr_only=True)
+    sample = benchmark.make_samples(cfg)[0]
+    result: dict[str, Any] = {}
+    worker = threading.Thread(
+        target=lambda: result.update(out=benchmark.measure_method("nlmeans", sample, cfg)), daemon=True
+    )
+    worker.start()
+    worker.join(90)
+    assert "out" in result, "the method's process hung"
+    output, mode = result["out"]
+    assert output.denoised.shape == sample.noisy.shape and mode in benchmark.MEMORY_NOTES
+
+
 def test_update_docs_rewrites_only_the_marked_section(tmp_path: Path) -> None:
     figure = tmp_path / "psnr_vs_noise.png"
     figure.write_bytes(b"png")
