@@ -21,7 +21,7 @@ _API = {
     "DenoiseOptions": "medidiff.inference",
     "train": "medidiff.training",
     "load_config": "medidiff.config",
-    "evaluate": "medidiff.evaluate",
+    "evaluate": "medidiff.evaluation",
     "load_model": "medidiff.checkpoint",
 }
 

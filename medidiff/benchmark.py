@@ -25,7 +25,6 @@ import math
 import os
 import shutil
 import time
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +33,13 @@ from typing import Any, Literal
 import numpy as np
 
 from medidiff import metrics
+from medidiff.config import build_dataclass
 from medidiff.errors import ConfigError, MedidiffError, OutputExistsError
 from medidiff.files import atomic_path, write_text_atomic
 from medidiff.volume import Volume
 
-METHODS = ("medidiff", "medidiff-1step", "medidiff-avg", "nlmeans", "tv", "wavelet", "bm4d")
-MEDIDIFF_METHODS = ("medidiff", "medidiff-1step", "medidiff-avg")
+METHODS = ("medidiff", "medidiff-1step", "medidiff-3step", "medidiff-avg", "nlmeans", "tv", "wavelet", "bm4d")
+MEDIDIFF_METHODS = ("medidiff", "medidiff-1step", "medidiff-3step", "medidiff-avg")
 CT_DISPLAY_WINDOW = (-200.0, 600.0)
 DOCS_START, DOCS_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 OUTPUT_FILES = ("results.csv", "results.json", "results.md")
@@ -121,7 +121,7 @@ class CTSettings:
 class QuickSettings:
     """What ``--quick`` changes besides crops and levels: the methods (unless ``--methods``), samples."""
 
-    methods: list[str] = field(default_factory=lambda: ["medidiff", "medidiff-1step", "nlmeans", "tv", "wavelet"])
+    methods: list[str] = field(default_factory=lambda: ["medidiff", "medidiff-3step", "nlmeans", "tv", "wavelet"])
     avg_samples: int = 2
 
 
@@ -132,50 +132,12 @@ class BenchmarkConfig:
     data_dir: str = ""
     seed: int = 0
     isolate: bool = True
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: [m for m in METHODS if m != "medidiff-1step"])
     cases: list[CaseConfig] = field(default_factory=_default_cases)
     medidiff: MedidiffSettings = field(default_factory=MedidiffSettings)
     classical: ClassicalSettings = field(default_factory=ClassicalSettings)
     ct: CTSettings = field(default_factory=CTSettings)
     quick: QuickSettings = field(default_factory=QuickSettings)
-
-
-def _typed(value: Any, hint: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)  # type: ignore[arg-type]
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if type(None) in args:
-        return None if value is None else _typed(value, next(a for a in args if a is not type(None)), where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {bool: isinstance(value, bool), int: number and isinstance(value, int), float: number}.get(hint)
-    if ok is None:
-        ok = isinstance(value, str) if hint is str else True
-    if not ok:
-        raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
-    return float(value) if hint is float else value
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'benchmark config'}: expected a mapping of keys, got {raw!r}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        place = f" in {where}" if where else ""
-        raise ConfigError(f"unknown benchmark config key {unknown[0]!r}{place}; valid keys: {', '.join(names)}")
-    hints = typing.get_type_hints(cls)
-    try:
-        return cls(**{k: _typed(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()})
-    except TypeError as exc:  # a required key is missing
-        raise ConfigError(f"{where or 'benchmark config'}: {exc}; valid keys: {', '.join(names)}") from None
 
 
 def load_benchmark_config(
@@ -209,7 +171,7 @@ def load_benchmark_config(
         except yaml.YAMLError as exc:
             raise ConfigError(f"{cfg_path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         base = cfg_path.resolve().parent
-    cfg: BenchmarkConfig = _build(BenchmarkConfig, raw, "")
+    cfg: BenchmarkConfig = build_dataclass(BenchmarkConfig, raw, "", "benchmark config")
     if data_dir is not None:
         resolved = Path(data_dir).resolve()
     else:
@@ -382,6 +344,8 @@ def _medidiff_runner(
     kwargs: dict[str, Any] = {"modality": sample.case.modality, "seed": cfg.seed, "steps": settings.steps}
     if name == "medidiff-1step":
         kwargs["steps"] = 1
+    elif name == "medidiff-3step":
+        kwargs["steps"] = 3
     elif name == "medidiff-avg":
         kwargs["samples"] = cfg.quick.avg_samples if quick else settings.avg_samples
 

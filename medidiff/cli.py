@@ -116,7 +116,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medidiff.evaluate import evaluate_files, format_report
+    from medidiff.evaluation import evaluate_files, format_report
 
     results = evaluate_files(
         args.reference,

@@ -9,7 +9,6 @@ every checkpoint, so a checkpoint needs no YAML to be used.
 from __future__ import annotations
 
 import dataclasses
-import math
 import reprlib
 import types
 import typing
@@ -128,32 +127,35 @@ def _shown_key(key: Any) -> str:
     return key if isinstance(key, str) and key.isprintable() and len(key) <= 60 else _shown(key)
 
 
-def _check_type(value: Any, annotation: Any, where: str) -> Any:
+def _check_type(value: Any, annotation: Any, where: str, label: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return build_dataclass(annotation, value, where, label)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {_shown(value)} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in args:
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
             try:
-                return _check_type(value, option, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{where}: {_shown(value)} has the wrong type (expected {annotation})")
+                return _check_type(value, option, where, label)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} has the wrong type (expected {annotation})")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {_shown(value)}")
-        return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(v, args[0], f"{where}[{i}]", label) for i, v in enumerate(value)]
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {_shown(value)}")
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_shown(value)}")
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" as text; a number literal is still data
@@ -162,45 +164,45 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {_shown(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {_shown(value)}")
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected text, got {_shown(value)}")
+            raise ConfigError(f"{where}: expected text, got {value!r}")
         return value
     return value
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def build_dataclass(cls: type, raw: Any, where: str = "", label: str = "config") -> Any:
+    """Validate a plain mapping into the frozen dataclass ``cls`` (recursively).
+
+    Unknown keys fail with the list of valid ones, values are type-checked against the field
+    annotations (``Literal``, unions, lists, nested dataclasses), and nothing is evaluated.
+    ``label`` names the kind of file in messages ("config", "benchmark config").
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {_shown(raw)}")
+        raise ConfigError(f"{where or label}: expected a mapping of keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields), key=str)  # YAML keys may be numbers too
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names), key=str)
     if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key {prefix}{_shown_key(unknown[0])}; valid keys"
-            f"{' under ' + where if where else ''}: {', '.join(fields)}"
-        )
-    kwargs = {}
-    for name, value in raw.items():
-        key = f"{where}.{name}" if where else name
-        hint = hints[name]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key)
-        else:
-            kwargs[name] = _check_type(value, hint, key)
-    return cls(**kwargs)
+        key = f"{where}.{unknown[0]}" if where else str(unknown[0])
+        raise ConfigError(f"unknown {label} key {key}; valid keys: {', '.join(names)}")
+    kwargs = {
+        name: _check_type(value, hints[name], f"{where}.{name}" if where else name, label)
+        for name, value in raw.items()
+    }
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{where or label}: {exc}; valid keys: {', '.join(names)}") from None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Validate a plain mapping (from YAML or a checkpoint) into a :class:`Config`."""
-    cfg = _build(Config, raw, "")
+    cfg = build_dataclass(Config, raw)
     _validate(cfg)
     return cfg
 
@@ -226,6 +228,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"every model.channels entry must be divisible by model.norm_num_groups={cfg.model.norm_num_groups}"
         )
+    heads = cfg.model.num_head_channels
+    levels = zip(cfg.model.channels, cfg.model.attention_levels, strict=True)
+    if any(attention and (heads < 1 or c % heads) for c, attention in levels):
+        raise ConfigError(f"model.num_head_channels={heads} must divide every model.channels entry with attention")
+    if cfg.model.num_res_blocks < 1 or not cfg.model.sigma_data > 0:
+        raise ConfigError("model.num_res_blocks must be at least 1 and model.sigma_data greater than 0")
+    if not (cfg.train.lr > 0 and 0 <= cfg.train.ema_decay <= 1):
+        raise ConfigError("train.lr must be greater than 0 and train.ema_decay lie in [0, 1]")
     if cfg.train.max_steps < 0 or cfg.train.batch_size < 1:
         raise ConfigError("train.max_steps must be >= 0 and train.batch_size >= 1")
     if not 0 < cfg.noise.scan_sigma_min < cfg.noise.scan_sigma_max:
@@ -234,7 +244,6 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("noise.scan_fraction must lie in [0, 1]")
     if cfg.train.save_every < 1 or cfg.train.log_every < 1:
         raise ConfigError("train.save_every and train.log_every must be at least 1")
-    _build(ScheduleConfig, dataclasses.asdict(cfg.schedule), "schedule")  # re-check types
     try:
         from medidiff.schedule import KarrasSchedule
 

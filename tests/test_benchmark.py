@@ -94,11 +94,11 @@ def test_repository_config_mirrors_the_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({"sede": 1}, "unknown benchmark config key 'sede'; valid keys: data_dir, seed"),
-        ({"cases": [{"name": "a", "file": "b", "modality": "MR", "noise_levels": [3], "crop": 3}]}, "in cases[0]"),
+        ({"sede": 1}, "unknown benchmark config key sede; valid keys: data_dir, seed"),
+        ({"cases": [{"name": "a", "file": "b", "modality": "MR", "noise_levels": [3], "crop": 3}]}, "cases[0].crop"),
         ({"classical": {"tv_weight": 1}}, "valid keys: tv_weight_factor"),
         ({"methods": ["nlm"]}, "unknown method 'nlm'; valid methods: medidiff"),
-        ({"seed": "zero"}, "seed: expected int"),
+        ({"seed": "zero"}, "seed: expected an integer"),
         ({"ct": {"filter": "shepp"}}, "ct.filter"),
         ({"cases": [{"name": "a", "file": "b", "modality": "PET", "noise_levels": [3]}]}, "cases[0].modality"),
     ],
