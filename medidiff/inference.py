@@ -139,13 +139,36 @@ def _fill_value(modality: str) -> float:
     return -1000.0 if modality == "CT" else 0.0
 
 
+def fit_windows(
+    shape: tuple[int, ...], base: tuple[int, ...], overlap: float, factor: int
+) -> tuple[int, int, int]:
+    """Window size per axis that tiles ``shape`` with about ``overlap * base`` voxels of overlap.
+
+    MONAI places fixed-size windows and moves the last one back to the border, so a 181-voxel axis
+    with 64-voxel windows needs 4 windows (256 voxels of work); 3 windows of 72 cover it with less.
+    Each axis gets ``n = ceil(size / base)`` windows of the smallest multiple of ``factor`` that
+    covers the axis with the requested overlap.
+    """
+    roi = []
+    for size, b in zip(shape, base, strict=True):
+        margin = overlap * b
+        n = max(1, -(-size // b))
+        r = -(-int(round((size + (n - 1) * margin) / n)) // factor) * factor
+        roi.append(max(factor, r))
+    return (roi[0], roi[1], roi[2])
+
+
 class _WindowedDenoiser:
     """``D(x, sigma)`` over a whole (1, 1, X, Y, Z) volume via Gaussian-blended sliding windows."""
 
     def __init__(
-        self, model: Any, opts: DenoiseOptions, device: torch.device, modality: str, sigma_scan: float
+        self, model: Any, opts: DenoiseOptions, device: torch.device, modality: str, sigma_scan: float,
+        base: tuple[int, ...] = (64, 64, 64),
     ) -> None:
         self.model, self.opts, self.device, self.modality = model, opts, device, modality
+        assert opts.roi_size is not None  # filled by Denoiser.denoise_volume
+        # the same overlap in voxels whatever each axis' window size: overlap x the base window
+        self.overlap = tuple(min(0.5, opts.overlap * b / r) for b, r in zip(base, opts.roi_size, strict=True))
         self.threshold = max(0.05, 5.0 * sigma_scan)
         self.windows = 0
         self.skipped = 0
@@ -180,7 +203,7 @@ class _WindowedDenoiser:
                 roi_size=self.opts.roi_size,
                 sw_batch_size=self.opts.batch_size,
                 predictor=lambda p: self._predict(p, sigma),
-                overlap=self.opts.overlap,
+                overlap=self.overlap,
                 mode="gaussian",
                 sw_device=self.device,
                 device=torch.device("cpu"),
@@ -232,9 +255,10 @@ class Denoiser:
             )
         check_memory(volume.spatial_shape, copies=8 + (2 if opts.samples > 1 else 0))
         loaded = self._model_for(modality)
-        if opts.roi_size is None:
-            opts = dataclasses.replace(opts, roi_size=tuple(2 * p for p in loaded.config.data.patch_size))
         factor = 2 ** (len(loaded.config.model.channels) - 1)
+        base = tuple(2 * p for p in loaded.config.data.patch_size)
+        if opts.roi_size is None:
+            opts = dataclasses.replace(opts, roi_size=fit_windows(volume.spatial_shape, base, opts.overlap, factor))
         roi_size = opts.roi_size or ()
         if any(r % factor for r in roi_size):
             raise MedidiffError(f"--roi-size {list(roi_size)} must be divisible by {factor} for this model's U-Net")
@@ -304,7 +328,8 @@ class Denoiser:
         sigmas = schedule.sigmas(int(opts.steps or 1), sigma_start)
         sampler = get_sampler(str(opts.sampler))
         y = torch.from_numpy(norm.normalize(filled))[None, None]
-        windowed = _WindowedDenoiser(loaded.denoiser, opts, self.device, modality, sigma_y)
+        base = tuple(2 * p for p in cfg.data.patch_size)
+        windowed = _WindowedDenoiser(loaded.denoiser, opts, self.device, modality, sigma_y, base)
         runs = []
         for k in range(opts.samples):
             g = torch.Generator().manual_seed(opts.seed + k)
