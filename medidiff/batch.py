@@ -65,9 +65,9 @@ def _is_bids_root(folder: Path) -> bool:
 
 
 def _folder_inputs(folder: Path) -> list[Path]:
-    from medidiff.data import _scan_folder
+    from medidiff.data import scan_folder
 
-    return [Path(item.image) for item in _scan_folder(folder)]
+    return [Path(item.image) for item in scan_folder(folder)]
 
 
 def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[list[Job], Path | None]:
@@ -138,9 +138,9 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
 def _is_dicom_dir(path: Path) -> bool:
     if not path.is_dir():
         return False
-    from medidiff.data import _looks_like_dicom
+    from medidiff.io import looks_like_dicom
 
-    return any(_looks_like_dicom(f) for f in list(path.iterdir())[:50] if f.is_file())
+    return any(looks_like_dicom(f) for f in list(path.iterdir())[:50] if f.is_file())
 
 
 def write_bids_description(root: Path) -> None:

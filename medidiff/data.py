@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from medidiff.errors import ConfigError, InputError
+from medidiff.io import looks_like_dicom
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,9 @@ def _is_scan_file(path: Path) -> bool:
     return path.name.lower().endswith(SCAN_SUFFIXES)
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".ima"):
-        return True
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _scan_folder(root: Path) -> list[Item]:
+def scan_folder(root: Path) -> list[Item]:
+    """Every scan below ``root``: NIfTI/NRRD/MHA files and top-most DICOM folders (hidden and BIDS
+    ``derivatives``/``sourcedata``/``code`` folders skipped)."""
     items: list[Item] = []
     dicom_dirs: set[Path] = set()
     for path in sorted(root.rglob("*")):
@@ -67,7 +59,7 @@ def _scan_folder(root: Path) -> list[Item]:
             if path.suffix.lower() == ".raw":
                 continue
             items.append(Item(str(path)))
-        elif path.parent not in dicom_dirs and _looks_like_dicom(path):
+        elif path.parent not in dicom_dirs and looks_like_dicom(path):
             dicom_dirs.add(path.parent)
     # a DICOM folder is read recursively by the reader: keep only the top-most ones
     tops = [d for d in sorted(dicom_dirs) if not any(p in dicom_dirs for p in d.parents)]
@@ -108,7 +100,7 @@ def discover(spec: str | list[str], split: Literal["training", "validation"] = "
     if path.is_file() and path.suffix.lower() == ".json":
         return _datalist(path, split)
     if path.is_dir():
-        return _scan_folder(path)
+        return scan_folder(path)
     if path.is_file():
         return [Item(str(path))]
     if any(ch in spec for ch in "*?["):
@@ -116,7 +108,7 @@ def discover(spec: str | list[str], split: Literal["training", "validation"] = "
         out = []
         for m in matches:
             mp = Path(m)
-            out.extend(_scan_folder(mp) if mp.is_dir() else [Item(m)] if _is_scan_file(mp) else [])
+            out.extend(scan_folder(mp) if mp.is_dir() else [Item(m)] if _is_scan_file(mp) else [])
         return out
     raise ConfigError(f"{spec}: no such file or folder for training data")
 

@@ -539,6 +539,11 @@ def _read_itk(path: Path, kind: str) -> Volume:
     return Volume(data, meta)
 
 
+def looks_like_dicom(path: Path) -> bool:
+    """True for a file with a DICOM suffix or the ``DICM`` preamble (no full parse)."""
+    return path.name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path)
+
+
 def _has_dicom_preamble(path: Path) -> bool:
     try:
         with open(path, "rb") as fobj:
