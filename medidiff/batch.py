@@ -90,6 +90,9 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
         job = Job(paths[0], out, Path(uncertainty) if uncertainty else None)
         if paths[0].resolve() in (out.resolve(), job.uncertainty.resolve() if job.uncertainty else None):
             raise MedidiffError(f"{out}: is also the input and inputs are never overwritten; choose another name")
+        if job.uncertainty is not None and (job.uncertainty.resolve() == out.resolve()
+                                            or not job.uncertainty.name.lower().endswith(NIFTI_SUFFIXES)):
+            raise MedidiffError(f"--uncertainty {job.uncertainty}: give a .nii or .nii.gz name other than the output")
         return [job], None
     out.mkdir(parents=True, exist_ok=True)
     unc_dir = Path(uncertainty).expanduser() if uncertainty else None

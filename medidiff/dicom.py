@@ -207,6 +207,7 @@ def _read_slices(label: str, headers: Headers) -> tuple[np.ndarray, np.ndarray, 
     affine[:3, 2] = normal * step
     affine[:3, 3] = first_position
     rows, cols = int(first.Rows), int(first.Columns)
+    _check_pixel_bytes(label, headers, len(ordered) * n_slices * rows * cols)
     data = np.empty((len(ordered), cols, rows, n_slices), dtype=np.float32)
     decoded: dict[str, np.ndarray] = {}  # the frames of the multi-frame file being read
     for c, group in enumerate(ordered):
@@ -225,6 +226,25 @@ def _read_slices(label: str, headers: Headers) -> tuple[np.ndarray, np.ndarray, 
     elif "EchoTime" in first:
         extra["EchoTime"] = float(first.EchoTime)
     return data, affine, extra
+
+
+def _check_pixel_bytes(label: str, headers: Headers, n_values: int) -> None:
+    """Refuse headers that declare far more pixels than the files can hold, before allocating.
+
+    A damaged Rows/Columns (up to 65535 x 65535) must not make the reader allocate gigabytes, nor
+    let a lenient decoder pad a few bytes into a large image. Uncompressed pixel data must fit in
+    the files; compressed data may be up to 10000 times smaller.
+    """
+    first = headers[0][1]
+    bits = int(first.get("BitsAllocated", 16) or 16)
+    samples = int(first.get("SamplesPerPixel", 1) or 1)
+    declared = n_values * max(bits, 1) * max(samples, 1) // 8
+    stored = sum(os.path.getsize(path) for path in {path for path, _ in headers})
+    syntax = getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", None)
+    compressed = syntax is None or bool(getattr(syntax, "is_compressed", True) or getattr(syntax, "is_deflated", True))
+    if declared > stored * (10000 if compressed else 1) + 1024:
+        raise InputError(f"{label}: the headers declare {declared} bytes of pixel data but the files hold "
+                         f"{stored} bytes; the series is damaged or incomplete")
 
 
 def _check_uniform(label: str, headers: Headers) -> None:
@@ -454,6 +474,7 @@ def _read_mosaic(label: str, headers: Headers) -> tuple[np.ndarray, np.ndarray, 
     affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = (
         row * col_spacing, col * row_spacing, normal * spacing, origin)
     order = sorted(headers, key=lambda h: (_int(h[1], "AcquisitionNumber"), _int(h[1], "InstanceNumber")))
+    _check_pixel_bytes(label, headers, len(order) * rows * cols)
     data = np.empty((len(order), tile_cols, tile_rows, n_images), dtype=np.float32)
     for t, (path, _) in enumerate(order):
         mosaic = _pixels(label, path)

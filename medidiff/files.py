@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,17 +43,33 @@ def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[P
     error or interrupt, including KeyboardInterrupt.
     """
     out = check_output(path, force)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=_suffixes(out), dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        # the name is known before the file exists, so an interrupt at any point (even right after
+        # it is created) finds it in ``tmp`` and removes it; mode 0o666 & umask (not mkstemp's
+        # 0o600) so that colleagues can read the outputs
+        for _ in range(100):
+            tmp = out.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}{_suffixes(out)}"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                tmp = None  # not ours: never remove it
+                continue
+            except OSError as exc:
+                tmp = None
+                raise MedidiffError(f"{out.parent}: cannot write there ({exc.strerror}); check the folder") from None
+            os.close(fd)
+            break
+        if tmp is None:
+            raise MedidiffError(f"{out.parent}: cannot create a temporary file there")
         yield tmp
         if out.exists() and not force:  # appeared while we worked
             raise OutputExistsError(f"{out}: exists already; pass --force to overwrite it")
         os.replace(tmp, out)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str, force: bool = True) -> Path:

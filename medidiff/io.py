@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -483,19 +484,41 @@ def _write_nifti(path: Path, header: Any, raw: np.ndarray) -> None:
 # ------------------------------------------------------------------------------------------- ITK
 
 
+@contextlib.contextmanager
+def _c_stderr_silenced() -> Iterator[None]:
+    """Discard what C++ libraries print to file descriptor 2; the exception says it in one line."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()  # what Python buffered for stderr still goes out
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _read_itk(path: Path, kind: str) -> Volume:
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        image = reader.Execute()
+        with _c_stderr_silenced():  # MetaIO writes "data not read completely" straight to fd 2
+            image = reader.Execute()
     except RuntimeError as exc:
         hint = " (is its data file beside it?)" if path.suffix.lower() in (".mhd", ".nhdr") else ""
         raise InputError(f"{path}: cannot be read as {kind} ({one_line(exc)}){hint}; check the file") from exc
     dim = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     array = sitk.GetArrayViewFromImage(image)
+    if array.size == 0:
+        raise InputError(f"{path}: header declares an empty image {image.GetSize()}; the file is damaged")
     if array.dtype.kind not in "iuf":
         raise InputError(f"{path}: voxel type {image.GetPixelIDTypeAsString()} is not supported; store "
                          "scalar intensities")

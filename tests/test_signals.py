@@ -1,0 +1,169 @@
+"""Ctrl-C (SIGINT) and SIGTERM: exit codes 130/143, no output, no temporary file, input unchanged.
+
+The subprocess tests signal a real ``medidiff`` process: ``denoise`` in the middle of its reverse
+process, and ``convert`` while its temporary output file is being written. The in-process tests
+interrupt the NIfTI writer halfway through a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import write_phantom
+
+from medidiff.cli import main
+from medidiff.files import TEMP_PREFIX
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _wait_until_busy(proc: subprocess.Popen[str], cpu_seconds: float, timeout: float = 60.0) -> None:
+    """Wait until the child has done ``cpu_seconds`` of work (past its imports), at least 2 s."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        assert proc.poll() is None, f"medidiff ended before the signal: {proc.communicate()}"
+        used = _cpu_seconds(proc.pid)
+        waited = time.monotonic() - start
+        if waited >= 2.0 and (used is None or used >= cpu_seconds):
+            return
+        time.sleep(0.05)
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "medidiff", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # pragma: no cover - the signal was ignored
+        proc.kill()
+        proc.communicate()
+        pytest.fail("medidiff did not stop within 60 s of the signal")
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize(("signum", "code", "word"), [(signal.SIGTERM, 143, "terminated"),
+                                                      (signal.SIGINT, 130, "interrupted")])
+def test_signal_during_denoise(tmp_path: Path, tiny_model: Path, signum: int, code: int, word: str):
+    src = write_phantom(tmp_path / "big.nii.gz", shape=(48, 48, 48))
+    before = _digest(src)
+    out = tmp_path / "out" / "den.nii.gz"
+    out.parent.mkdir()
+    proc = _start(["denoise", str(src), "-o", str(out), "--model", str(tiny_model), "--steps", "200",
+                   "--device", "cpu"], cwd=tmp_path)
+    _wait_until_busy(proc, cpu_seconds=3.0)
+    proc.send_signal(signum)
+    rc, err = _finish(proc)
+    assert rc == code, err
+    assert word in err and "Traceback" not in err and len(err.strip().splitlines()) <= 3
+    assert list(out.parent.iterdir()) == []  # no output, no sidecar, no temporary file
+    assert not list(tmp_path.rglob(f"{TEMP_PREFIX}*"))
+    assert _digest(src) == before
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_while_the_temporary_output_is_written(tmp_path: Path, signum: int, code: int):
+    src = tmp_path / "big.nii"
+    data = np.random.default_rng(0).standard_normal((256, 256, 256), dtype=np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(src))
+    del data
+    before = _digest(src)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _start(["convert", str(src), str(out_dir / "big.nii.gz")], cwd=tmp_path)
+    start = time.monotonic()
+    while not list(out_dir.glob(f"{TEMP_PREFIX}*")):
+        assert proc.poll() is None, f"convert ended before its temporary file was seen: {proc.communicate()}"
+        assert time.monotonic() - start < 60, "no temporary file appeared"
+        time.sleep(0.002)
+    proc.send_signal(signum)
+    rc, err = _finish(proc)
+    assert rc == code, err
+    assert "Traceback" not in err
+    assert list(out_dir.iterdir()) == []
+    assert _digest(src) == before
+
+
+class _Boom(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.parametrize("exc", ["interrupt", "terminated"])
+def test_interrupt_halfway_through_the_write_leaves_nothing(tmp_path: Path, capsys, noisy_scan: Path,
+                                                           tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           exc: str):
+    import medidiff.io
+    from medidiff.denoise_cli import Terminated
+
+    def half_write(path: Path, header, raw) -> None:
+        Path(path).write_bytes(b"\x00" * 1000)  # something on disk, as a real writer would leave
+        raise Terminated() if exc == "terminated" else KeyboardInterrupt()
+
+    monkeypatch.setattr(medidiff.io, "_write_nifti", half_write)
+    before = _digest(noisy_scan)
+    out = tmp_path / "out" / "den.nii.gz"
+    out.parent.mkdir()
+    rc = main(["denoise", str(noisy_scan), "-o", str(out), "--model", str(tiny_model)])
+    assert rc == (143 if exc == "terminated" else 130)
+    assert "no partial output" in capsys.readouterr().err
+    assert list(out.parent.iterdir()) == []
+    assert _digest(noisy_scan) == before
+
+
+def test_main_restores_the_sigterm_handler(tmp_path: Path, capsys):
+    previous = signal.getsignal(signal.SIGTERM)
+    main(["info", str(tmp_path / "missing.nii")])
+    capsys.readouterr()
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_sigterm_before_any_write_of_a_batch_keeps_finished_outputs(tmp_path: Path, capsys, tiny_model: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    """An interrupted batch keeps what it finished; the rerun does only the rest."""
+    import medidiff.inference
+    from medidiff.denoise_cli import Terminated
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        write_phantom(folder / f"s{k}.nii.gz", shape=(16, 16, 16), seed=k)
+    real = medidiff.inference.Denoiser.denoise_volume
+
+    def stop_at_second(self, volume, **kwargs):
+        if volume.meta.source_path.endswith("s1.nii.gz"):
+            raise Terminated()
+        return real(self, volume, **kwargs)
+
+    monkeypatch.setattr(medidiff.inference.Denoiser, "denoise_volume", stop_at_second)
+    out = tmp_path / "out"
+    assert main(["denoise", str(folder), "-o", str(out), "--model", str(tiny_model)]) == 143
+    assert sorted(p.name for p in out.iterdir()) == ["s0.json", "s0.nii.gz"]
+    monkeypatch.setattr(medidiff.inference.Denoiser, "denoise_volume", real)
+    assert main(["denoise", str(folder), "-o", str(out), "--model", str(tiny_model)]) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".nii.gz")) == [
+        "s0.nii.gz", "s1.nii.gz", "s2.nii.gz"]
