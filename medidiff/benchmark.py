@@ -83,12 +83,19 @@ def _default_cases() -> list[CaseConfig]:
 
 @dataclass(frozen=True)
 class MedidiffSettings:
-    """``Denoiser(model, device)``; ``model`` None = the bundled default; ``steps`` None = its default."""
+    """``Denoiser(model, device)``; ``model`` None = the bundled default; ``steps`` None = its default.
+
+    ``medidiff-avg`` averages ``avg_samples`` runs of ``avg_steps`` steps each; with ``avg_strength``
+    > 0 every run starts from the scan re-noised by its own draw (SDEdit), deterministic Euler after
+    that; with 0 the runs are ancestral samples.
+    """
 
     model: str | None = None
     device: str = "auto"
     steps: int | None = None
     avg_samples: int = 4
+    avg_steps: int | None = 1
+    avg_strength: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -348,6 +355,10 @@ def _medidiff_runner(
         kwargs["steps"] = 3
     elif name == "medidiff-avg":
         kwargs["samples"] = cfg.quick.avg_samples if quick else settings.avg_samples
+        kwargs["steps"] = settings.avg_steps
+        if settings.avg_strength > 0:
+            kwargs["strength"] = settings.avg_strength
+            kwargs["sampler"] = "euler"
 
     def run() -> tuple:
         result = denoiser.denoise_volume(volume, **kwargs)  # the true sigma is not given: it is estimated
