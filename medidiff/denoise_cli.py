@@ -111,7 +111,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         )
     if report.failed:
         for source, why in report.failed:
-            print(f"failed: {source}: {why}", file=sys.stderr)
+            print(f"failed: {why}" if str(source) in why else f"failed: {source}: {why}", file=sys.stderr)
         internal = any(why.startswith("internal error") for _, why in report.failed)
         return 1 if internal else 2
     return 0
