@@ -414,6 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"medidiff: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt as exc:
         terminated = type(exc).__name__ == "Terminated"
         print(f"medidiff: {'terminated' if terminated else 'interrupted'}; no partial output was left",
