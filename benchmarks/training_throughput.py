@@ -45,13 +45,11 @@ def main() -> None:
         import torch
 
         from medidiff.config import load_config
-        from medidiff.data import PatchDataset, discover
+        from medidiff.data import PatchDataset
         from medidiff.training import draw_sigmas, make_noisy
 
         cfg = load_config(args.config, overrides)
-        dataset = PatchDataset(discover(cfg.data.train), cfg.data.modality, cfg.data.patch_size,
-                               cfg.data.foreground_fraction, cfg.train.seed, cfg.data.skip_unreadable,
-                               cfg.data.synthetic_phantoms, cfg.data.target_cleanup)
+        dataset = PatchDataset.from_config(cfg, "training")
         start = time.perf_counter()
         for step in range(args.steps):
             batch = torch.stack([dataset.sample(step * cfg.train.batch_size + i)["x0"]

@@ -190,6 +190,24 @@ class PatchDataset(torch.utils.data.Dataset):
         if not self.volumes:
             raise ConfigError("the training set is empty: data.train found no readable scan")
 
+    @classmethod
+    def from_config(cls, cfg: Any, split: Literal["training", "validation"]) -> PatchDataset:
+        """The training (``data.train``, with phantoms) or validation (``data.val``) set of a config.
+
+        The validation set draws with seed ``train.seed + 1`` and never adds phantoms.
+        """
+        training = split == "training"
+        return cls(
+            discover(cfg.data.train if training else cfg.data.val, split),
+            cfg.data.modality,
+            cfg.data.patch_size,
+            cfg.data.foreground_fraction,
+            cfg.train.seed if training else cfg.train.seed + 1,
+            cfg.data.skip_unreadable,
+            cfg.data.synthetic_phantoms if training else 0,
+            cfg.data.target_cleanup,
+        )
+
     @staticmethod
     def _check_size(entry: dict[str, Any], patch_size: list[int]) -> None:
         shape = tuple(entry["image"].shape[1:])

@@ -211,7 +211,7 @@ def train(
         save_checkpoint,
         split_weights,
     )
-    from medidiff.data import IndexRange, PatchDataset, discover
+    from medidiff.data import IndexRange, PatchDataset
 
     cfg, run_dir, resuming = prepare_run(config_path, overrides or [], resume)
     rank, world, local_rank = _dist_env()
@@ -224,29 +224,10 @@ def train(
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     is_main = rank == 0
 
-    train_items = discover(cfg.data.train, "training")
-    train_set = PatchDataset(
-        train_items,
-        cfg.data.modality,
-        cfg.data.patch_size,
-        cfg.data.foreground_fraction,
-        cfg.train.seed,
-        cfg.data.skip_unreadable,
-        cfg.data.synthetic_phantoms,
-        cfg.data.target_cleanup,
-    )
+    train_set = PatchDataset.from_config(cfg, "training")
     val_set = None
     if cfg.data.val and cfg.train.val_every > 0:
-        val_items = discover(cfg.data.val, "validation")
-        val_set = PatchDataset(
-            val_items,
-            cfg.data.modality,
-            cfg.data.patch_size,
-            cfg.data.foreground_fraction,
-            cfg.train.seed + 1,
-            cfg.data.skip_unreadable,
-            target_cleanup=cfg.data.target_cleanup,
-        )
+        val_set = PatchDataset.from_config(cfg, "validation")
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_denoiser(cfg).to(device)
