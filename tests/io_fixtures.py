@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,21 @@ def expected_ras_affine(geometry: dict) -> np.ndarray:
     return LPS_TO_RAS @ lps
 
 
+def new_dataset(sop_class_uid: str) -> Any:
+    """An empty explicit-little-endian DICOM dataset with its file meta and a fresh SOP instance UID."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def write_dicom_series(
     folder: Path,
     stored: np.ndarray,
@@ -82,8 +98,7 @@ def write_dicom_series(
     Positions default to ``origin + k * slice_spacing * normal``; give ``positions`` to break them.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
@@ -97,14 +112,7 @@ def write_dicom_series(
         order = np.random.default_rng(shuffle_seed).permutation(n)
     paths = []
     for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage if modality == "CT" else MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds = new_dataset(CTImageStorage if modality == "CT" else MRImageStorage)
         ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
         ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"
         ds.SeriesInstanceUID = series_uid
@@ -169,8 +177,7 @@ def write_mosaic_series(
     Returns the files and the expected RAS affine of the demosaiced (column, row, slice) grid.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import MRImageStorage, generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     n_t, n_z, rows, cols = volumes.shape
@@ -192,13 +199,7 @@ def write_mosaic_series(
         for z in range(n_z):
             r, c = divmod(z, tiles)
             mosaic[r * rows:(r + 1) * rows, c * cols:(c + 1) * cols] = volumes[t, z]
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds = new_dataset(MRImageStorage)
         ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"
@@ -244,9 +245,9 @@ def write_enhanced_mr(
 ) -> Path:
     """One enhanced MR file holding ``{echo time: (Z, rows, cols) int16}``; frames stored shuffled."""
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import EnhancedMRImageStorage, generate_uid
 
     frames = []
     for te, stored in volumes.items():
@@ -256,13 +257,7 @@ def write_enhanced_mr(
             frames.append((te, z, position, stored[z]))
     if shuffle_seed is not None:
         frames = [frames[i] for i in np.random.default_rng(shuffle_seed).permutation(len(frames))]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedMRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds = new_dataset(EnhancedMRImageStorage)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1", generate_uid()
     ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"
     ds.PatientName, ds.PatientID = "Test^Enhanced", "0"
