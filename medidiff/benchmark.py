@@ -38,8 +38,11 @@ from medidiff.errors import ConfigError, MedidiffError, OutputExistsError
 from medidiff.files import atomic_path, write_text_atomic
 from medidiff.volume import Volume
 
-METHODS = ("medidiff", "medidiff-1step", "medidiff-3step", "medidiff-avg", "nlmeans", "tv", "wavelet", "bm4d")
-MEDIDIFF_METHODS = ("medidiff", "medidiff-1step", "medidiff-3step", "medidiff-avg")
+METHODS = (
+    "medidiff", "medidiff-1step", "medidiff-fp32", "medidiff-3step", "medidiff-avg",
+    "nlmeans", "nlmeans-classic", "tv", "wavelet", "bm4d",
+)  # fmt: skip
+MEDIDIFF_METHODS = ("medidiff", "medidiff-1step", "medidiff-fp32", "medidiff-3step", "medidiff-avg")
 CT_DISPLAY_WINDOW = (-200.0, 600.0)
 DOCS_START, DOCS_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 OUTPUT_FILES = ("results.csv", "results.json", "results.md")
@@ -311,6 +314,11 @@ def _nlmeans(noisy: np.ndarray, sigma: float, ct: bool, cl: ClassicalSettings) -
     return out - 1024.0 if ct else out
 
 
+def _nlmeans_classic(noisy: np.ndarray, sigma: float, ct: bool, cl: ClassicalSettings) -> np.ndarray:
+    classic = dataclasses.replace(cl, nlmeans_method_mr="classic", nlmeans_method_ct="classic")
+    return _nlmeans(noisy, sigma, ct, classic)
+
+
 def _tv(noisy: np.ndarray, sigma: float, ct: bool, cl: ClassicalSettings) -> np.ndarray:
     from skimage.restoration import denoise_tv_chambolle
 
@@ -334,6 +342,7 @@ CLASSICAL: dict[str, Callable[[np.ndarray, float, bool, ClassicalSettings], np.n
     "tv": _tv,
     "wavelet": _wavelet,
     "bm4d": _bm4d,
+    "nlmeans-classic": _nlmeans_classic,
 }
 
 
@@ -351,6 +360,8 @@ def _medidiff_runner(
     kwargs: dict[str, Any] = {"modality": sample.case.modality, "seed": cfg.seed, "steps": settings.steps}
     if name == "medidiff-1step":
         kwargs["steps"] = 1
+    elif name == "medidiff-fp32":
+        kwargs["precision"] = "fp32"
     elif name == "medidiff-3step":
         kwargs["steps"] = 3
     elif name == "medidiff-avg":
@@ -421,7 +432,7 @@ def _proc_status_mib(key: str) -> float | None:
 
 def _prepare(name: str) -> None:
     """Import what a method needs before it is timed (scikit-image resolves submodules lazily)."""
-    if name == "nlmeans":
+    if name in ("nlmeans", "nlmeans-classic"):
         from dipy.denoise.nlmeans import nlmeans  # noqa: F401
     elif name in ("tv", "wavelet"):
         from skimage.restoration import denoise_tv_chambolle, denoise_wavelet  # noqa: F401
@@ -637,6 +648,9 @@ def run_benchmark(
         psnr_noisy, ssim_noisy = _score(sample, sample.noisy)
         rows.append({**base, "method": "noisy", "psnr": psnr_noisy, "ssim": ssim_noisy})
         for name in methods:
+            nlm_method = cfg.classical.nlmeans_method_mr if mr else cfg.classical.nlmeans_method_ct
+            if name == "nlmeans-classic" and "nlmeans" in methods and nlm_method == "classic":
+                continue  # the nlmeans row is the classic method already
             bar.set_postfix_str(f"{sample.case.name} {sample.level:g}: {name}")
             row = {**base, "method": name}
             try:

@@ -238,6 +238,12 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--roi-size", type=_positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="sliding-window size in voxels (default: twice the model's training patch)")
     p.add_argument("--overlap", type=_nonneg_float, default=0.125, help="overlap fraction between windows")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="network arithmetic: auto = bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=1, help="windows per network call")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--no-sidecar", action="store_true", help="do not write the JSON sidecar")

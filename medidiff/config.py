@@ -88,6 +88,9 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 2e-3
     lr_warmup_steps: int = 100
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min: float = 0.0
+    init_weights: str | None = None
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -236,6 +239,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("model.num_res_blocks must be at least 1 and model.sigma_data greater than 0")
     if not (cfg.train.lr > 0 and 0 <= cfg.train.ema_decay <= 1):
         raise ConfigError("train.lr must be greater than 0 and train.ema_decay lie in [0, 1]")
+    if not 0 <= cfg.train.lr_min <= cfg.train.lr:
+        raise ConfigError("train.lr_min must lie in [0, train.lr]")
     if cfg.train.max_steps < 0 or cfg.train.batch_size < 1:
         raise ConfigError("train.max_steps must be >= 0 and train.batch_size >= 1")
     if not 0 < cfg.noise.scan_sigma_min < cfg.noise.scan_sigma_max:
@@ -299,6 +304,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
 
     if isinstance(raw.get("output_dir"), str) and raw["output_dir"]:
         raw["output_dir"] = fix(raw["output_dir"])
+    train = raw.get("train")
+    if isinstance(train, dict) and isinstance(train.get("init_weights"), str):
+        name = train["init_weights"]  # a bundled model name stays a name
+        train["init_weights"] = name if name.lower() in ("mr", "ct") else fix(name)
     data = raw.get("data")
     if isinstance(data, dict):
         for key in ("train", "val"):

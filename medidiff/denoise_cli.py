@@ -47,6 +47,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
     ).resolved()  # bad values fail here, before any model loads
     if args.uncertainty and options.samples < 2:
         raise MedidiffError("--uncertainty needs --samples 2 or more (it is the spread over samples)")
@@ -72,6 +73,7 @@ def run_denoise(args: argparse.Namespace) -> int:
             "roi_size",
             "overlap",
             "batch_size",
+            "precision",
         )
     }
 

@@ -8,8 +8,9 @@ result is the single-step posterior-mean estimate ``D(y, sigma_y)``.
 The sampler runs on the whole volume; only the denoiser call is split into overlapping windows with
 Gaussian blending (MONAI ``sliding_window_inference``), so noise drawn by stochastic samplers is one
 whole-volume field, consistent across windows. Windows that hold only background are not sent
-through the network. On CUDA the windows run in bf16 while the volume stays in CPU memory, so a
-volume larger than the GPU still stitches.
+through the network. The network runs in bf16 on CUDA and on CPUs with native bf16 arithmetic
+(AMX or AVX512-BF16), in fp32 elsewhere; the volume stays in CPU memory, so a volume larger than
+the GPU still stitches.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class DenoiseOptions:
         overlap: fraction of overlap between windows.
         batch_size: windows per network call.
         device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``auto`` (bf16 on CUDA and on CPUs with native bf16, else fp32), ``fp32`` or
+            ``bf16`` for the network's arithmetic; the volume and the sampler stay in fp32.
     """
 
     sigma: float | None = None
@@ -62,6 +65,7 @@ class DenoiseOptions:
     overlap: float = 0.125
     batch_size: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def resolved(self) -> DenoiseOptions:
         """Fill defaults and validate; raises MedidiffError naming the bad option."""
@@ -100,6 +104,8 @@ class DenoiseOptions:
             raise MedidiffError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise MedidiffError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise MedidiffError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         return dataclasses.replace(self, sampler=sampler, steps=steps)
 
 
@@ -119,6 +125,25 @@ def pick_device(name: str) -> torch.device:
             raise MedidiffError("--device cuda asked for, but no CUDA device is available; use --device cpu")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AMX or AVX512-BF16; read from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return bool({"amx_bf16", "avx512_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "bf16"]:
+    """``auto`` -> bf16 where it is fast (CUDA, CPUs with native bf16), else fp32."""
+    if precision in ("fp32", "bf16"):
+        return "fp32" if precision == "fp32" else "bf16"
+    return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
 
 
 def check_memory(shape: tuple[int, ...], copies: int = 8) -> None:
@@ -188,8 +213,9 @@ class _WindowedDenoiser:
         self.windows += patches.shape[0]
         self.skipped += int(background.sum())
         if content.any():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                den = self.model(patches[content].to(self.device), sigma)
+            batch = patches[content].to(self.device).contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.opts.precision == "bf16"):
+                den = self.model(batch, sigma)
             out[content] = den.float().to(out.device)
         return out
 
@@ -234,8 +260,7 @@ class Denoiser:
         if key not in self._loaded:
             loaded = load_model(self.model_spec, modality)
             loaded.denoiser.to(self.device)
-            if self.device.type == "cuda":
-                loaded.denoiser.net.to(memory_format=torch.channels_last_3d)
+            loaded.denoiser.net.to(memory_format=torch.channels_last_3d)  # faster convolutions on GPU and CPU
             self._loaded[key] = loaded
         return self._loaded[key]
 
@@ -245,6 +270,7 @@ class Denoiser:
 
         opts = DenoiseOptions(**{k: v for k, v in options.items() if v is not None or k == "sigma"})
         opts = dataclasses.replace(opts, device="cuda" if self.device.type == "cuda" else "cpu").resolved()
+        opts = dataclasses.replace(opts, precision=resolve_precision(opts.precision, self.device))
         if modality is not None and modality not in ("MR", "CT"):
             raise MedidiffError(f"--modality must be MR or CT, got {modality!r}")
         modality = modality or volume.meta.modality or guess_modality(volume)
@@ -291,7 +317,7 @@ class Denoiser:
             "roi_size": list(opts.roi_size or ()),
             "overlap": opts.overlap,
             "device": str(self.device),
-            "precision": "bf16" if self.device.type == "cuda" else "fp32",
+            "precision": opts.precision,
             "wall_time_s": round(time.perf_counter() - started, 3),
             **stats,
             "notes": notes,

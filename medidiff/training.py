@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medidiff.config import Config, load_config, save_config
-from medidiff.errors import ConfigError
+from medidiff.config import Config, TrainConfig, load_config, save_config
+from medidiff.errors import ConfigError, MedidiffError
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,38 @@ def validate(denoiser: Any, dataset: Any, cfg: Config, device: torch.device) -> 
 # ---------------------------------------------------------------- the loop
 
 
+def learning_rate(train_cfg: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (from 0): linear warm-up, then constant or cosine decay."""
+    lr = train_cfg.lr * min(1.0, (step + 1) / max(1, train_cfg.lr_warmup_steps))
+    if train_cfg.lr_schedule == "cosine":
+        span = max(1, train_cfg.max_steps - train_cfg.lr_warmup_steps)
+        progress = min(1.0, max(0.0, (step - train_cfg.lr_warmup_steps) / span))
+        lr = train_cfg.lr_min + (lr - train_cfg.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr
+
+
+def start_from_model(model: Any, cfg: Config, spec: str) -> None:
+    """Copy the weights of a trained model (a name, run folder or model file) into ``model``.
+
+    The model's architecture and noise schedule must match the config's; everything else
+    (data, noise, optimisation) may differ, which is what fine-tuning needs.
+    """
+    from medidiff.checkpoint import load_model
+
+    try:
+        source = load_model(spec)
+    except MedidiffError as exc:
+        raise ConfigError(f"train.init_weights: {exc}") from None
+    # use_flash_attention picks a kernel and has no effect on the weights
+    theirs = dataclasses.replace(source.config.model, use_flash_attention=cfg.model.use_flash_attention)
+    if theirs != cfg.model or source.config.schedule != cfg.schedule:
+        raise ConfigError(
+            f"train.init_weights {spec}: its model.* or schedule.* settings differ from this config's; "
+            "copy them from the model's config or start without init_weights"
+        )
+    model.net.load_state_dict(source.denoiser.net.state_dict())
+
+
 def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
     """The plain network inside a DistributedDataParallel wrapper (or the network itself)."""
     inner = getattr(net, "module", net)
@@ -236,6 +268,9 @@ def train(
         model.net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
     start_step = 0
+    if cfg.train.init_weights and not resuming:
+        start_from_model(model, cfg, cfg.train.init_weights)
+        ema.load_state_dict(model.net.state_dict())
     if resuming:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
@@ -301,7 +336,7 @@ def train(
             if device.type == "cuda":
                 x0 = x0.to(memory_format=torch.channels_last_3d)
                 noisy = noisy.to(memory_format=torch.channels_last_3d)
-            lr = cfg.train.lr * min(1.0, (step + 1) / max(1, cfg.train.lr_warmup_steps))
+            lr = learning_rate(cfg.train, step)
             for group in optimizer.param_groups:  # config wins over restored optimizer settings
                 group["lr"] = lr
                 group["weight_decay"] = cfg.train.weight_decay

@@ -34,7 +34,9 @@ class FakeDenoiser:
         data = ndimage.gaussian_filter(volume.data[0], 0.6)
         samples = options.get("samples") or 1
         spread = volume.with_data(np.full_like(data, 0.01)) if samples > 1 else None
-        info = {"steps": options.get("steps"), "samples": samples}
+        info = {"steps": options.get("steps"), "samples": samples, "precision": options.get("precision")}
+        if options.get("precision") == "fp32":  # tells the rows apart
+            data = ndimage.gaussian_filter(volume.data[0], 1.2)
         return SimpleNamespace(volume=volume.with_data(data), uncertainty=spread, sigma=0.042, info=info)
 
 
@@ -161,6 +163,24 @@ def test_rows_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     with pytest.raises(OutputExistsError, match="--force"):
         benchmark.run_benchmark(cfg, out)
+
+
+def test_fp32_and_classic_nlm_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medidiff.inference
+
+    _synthetic_data(tmp_path / "data")
+    monkeypatch.setattr(medidiff.inference, "Denoiser", FakeDenoiser)
+    cfg = _config(tmp_path / "data", ["medidiff", "medidiff-fp32", "nlmeans", "nlmeans-classic"], isolate=False)
+    rows = benchmark.run_benchmark(cfg, tmp_path / "out").rows
+    methods: dict[tuple, list[str]] = {}
+    for row in rows:
+        methods.setdefault((row["case"], row["noise_level"]), []).append(row["method"])
+    assert methods[("mr_tiny", 3.0)] == ["noisy", "medidiff", "medidiff-fp32", "nlmeans", "nlmeans-classic"]
+    # CT's nlmeans is DIPY's classic method already (configs/benchmark.yaml): no repeated row
+    assert methods[("ct_tiny", 40.0)] == ["noisy", "medidiff", "medidiff-fp32", "nlmeans"]
+    by = {(r["case"], r["noise_level"], r["method"]): r for r in rows}
+    assert by[("mr_tiny", 3.0, "medidiff")]["psnr"] != by[("mr_tiny", 3.0, "medidiff-fp32")]["psnr"]
+    assert by[("mr_tiny", 3.0, "nlmeans")]["psnr"] != by[("mr_tiny", 3.0, "nlmeans-classic")]["psnr"]
 
 
 def test_a_failing_or_crashing_method_is_recorded_in_its_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

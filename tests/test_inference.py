@@ -128,11 +128,30 @@ def test_background_windows_are_skipped(den: Denoiser) -> None:
 @pytest.mark.parametrize(
     "bad",
     [dict(steps=0), dict(samples=0), dict(sampler="ddpm"), dict(overlap=1.5), dict(strength=-1.0),
-     dict(sigma=-0.1), dict(roi_size=(4, 4, 4)), dict(samples=3, sampler="euler")],
+     dict(sigma=-0.1), dict(roi_size=(4, 4, 4)), dict(samples=3, sampler="euler"), dict(precision="fp16")],
 )
 def test_bad_options_name_themselves(bad: dict) -> None:
     with pytest.raises(MedidiffError):
         DenoiseOptions(**bad).resolved()
+
+
+def test_bf16_agrees_with_fp32_and_is_reported(den: Denoiser) -> None:
+    vol = _volume()
+    full = den.denoise_volume(vol, precision="fp32", sigma=0.05)
+    half = den.denoise_volume(vol, precision="bf16", sigma=0.05)
+    assert full.info["precision"] == "fp32" and half.info["precision"] == "bf16"
+    diff = np.abs(full.volume.data - half.volume.data)
+    assert 0 < diff.max() < 0.01  # bf16 rounds differently, but far below the noise (0.05)
+    assert float(np.sqrt(np.mean(diff**2))) < 0.002
+
+
+def test_auto_precision_follows_the_hardware() -> None:
+    from medidiff.inference import cpu_has_native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
 
 
 def test_api_returns_the_kind_it_was_given(tiny_model, tmp_path) -> None:

@@ -62,6 +62,46 @@ def test_resume_continues_from_the_next_step_and_matches_an_uninterrupted_run(
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+def test_cosine_schedule_warms_up_then_decays_to_lr_min() -> None:
+    from medidiff.config import TrainConfig
+    from medidiff.training import learning_rate
+
+    cfg = TrainConfig(max_steps=110, lr=1e-3, lr_warmup_steps=10, lr_schedule="cosine", lr_min=1e-5)
+    rates = [learning_rate(cfg, s) for s in range(110)]
+    assert rates[0] == pytest.approx(1e-4)  # warm-up: (0 + 1) / 10 of lr
+    assert rates[9] == pytest.approx(1e-3)  # warm-up done, decay not started
+    assert rates[60] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5, rel=1e-6)  # half way: the mid-point
+    assert rates[-1] == pytest.approx(1e-5, rel=0.05)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))  # monotone after warm-up
+    constant = TrainConfig(max_steps=110, lr=1e-3, lr_warmup_steps=10)
+    assert learning_rate(constant, 100) == 1e-3
+
+
+def test_init_weights_starts_from_a_trained_model(tiny_model: Path, phantom_dir: Path, tmp_path: Path) -> None:
+    from medidiff.checkpoint import load_model
+
+    run = tmp_path / "finetune"
+    overrides = [*_overrides(phantom_dir, run, 0), f"train.init_weights={tiny_model}"]
+    train(str(TINY_CONFIG), overrides, progress=False)  # 0 steps: the checkpoint holds the start
+    start = load_model(str(tiny_model)).denoiser.net.state_dict()
+    copied = load_model(str(run)).denoiser.net.state_dict()
+    for key in start:  # the EMA of the copy starts at the source's weights
+        np.testing.assert_allclose(copied[key].numpy(), start[key].numpy(), rtol=0, atol=1e-7, err_msg=key)
+    fresh = tmp_path / "fresh"
+    train(str(TINY_CONFIG), _overrides(phantom_dir, fresh, 0), progress=False)
+    first = next(iter(start))
+    assert not np.allclose(load_model(str(fresh)).denoiser.net.state_dict()[first].numpy(), start[first].numpy())
+
+
+def test_init_weights_with_another_architecture_is_refused(
+    tiny_model: Path, phantom_dir: Path, tmp_path: Path
+) -> None:
+    overrides = [*_overrides(phantom_dir, tmp_path / "r", 1), f"train.init_weights={tiny_model}",
+                 "model.channels=[8, 8, 8]"]
+    with pytest.raises(ConfigError, match="init_weights"):
+        train(str(TINY_CONFIG), overrides, progress=False)
+
+
 def test_resume_refuses_model_changes(tiny_run: Path) -> None:
     with pytest.raises(ConfigError, match="model"):
         train(None, ["model.channels=[4, 8, 8]"], resume=str(tiny_run), progress=False)
