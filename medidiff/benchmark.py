@@ -39,10 +39,10 @@ from medidiff.files import atomic_path, write_text_atomic
 from medidiff.volume import Volume
 
 METHODS = (
-    "medidiff", "medidiff-1step", "medidiff-fp32", "medidiff-3step", "medidiff-avg",
+    "medidiff", "medidiff-1step", "medidiff-fp32", "medidiff-sigma", "medidiff-3step", "medidiff-avg",
     "nlmeans", "nlmeans-classic", "tv", "wavelet", "bm4d",
 )  # fmt: skip
-MEDIDIFF_METHODS = ("medidiff", "medidiff-1step", "medidiff-fp32", "medidiff-3step", "medidiff-avg")
+MEDIDIFF_METHODS = ("medidiff", "medidiff-1step", "medidiff-fp32", "medidiff-sigma", "medidiff-3step", "medidiff-avg")
 CT_DISPLAY_WINDOW = (-200.0, 600.0)
 DOCS_START, DOCS_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 OUTPUT_FILES = ("results.csv", "results.json", "results.md")
@@ -362,6 +362,8 @@ def _medidiff_runner(
         kwargs["steps"] = 1
     elif name == "medidiff-fp32":
         kwargs["precision"] = "fp32"
+    elif name == "medidiff-sigma":  # the information the classical methods get
+        kwargs["sigma"] = sample.sigma_true
     elif name == "medidiff-3step":
         kwargs["steps"] = 3
     elif name == "medidiff-avg":
@@ -372,7 +374,7 @@ def _medidiff_runner(
             kwargs["sampler"] = "euler"
 
     def run() -> tuple:
-        result = denoiser.denoise_volume(volume, **kwargs)  # the true sigma is not given: it is estimated
+        result = denoiser.denoise_volume(volume, **kwargs)  # sigma estimated unless medidiff-sigma
         spread = None if result.uncertainty is None else np.asarray(result.uncertainty.data[0], np.float32)
         return result.volume.data[0], spread, float(result.sigma)
 

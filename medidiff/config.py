@@ -35,7 +35,7 @@ class DataConfig:
     modality: Literal["MR", "CT"] = "MR"
     patch_size: list[int] = field(default_factory=lambda: [32, 32, 32])
     synthetic_phantoms: int = 0
-    target_cleanup: Literal["none", "nlm"] = "none"
+    target_cleanup: Literal["none", "nlm", "nlm-blockwise"] = "none"
     foreground_fraction: float = 0.9
     skip_unreadable: bool = False
     num_workers: int = 0

@@ -156,7 +156,7 @@ class PatchDataset(torch.utils.data.Dataset):
         seed: int,
         skip_unreadable: bool = False,
         phantoms: int = 0,
-        target_cleanup: Literal["none", "nlm"] = "none",
+        target_cleanup: Literal["none", "nlm", "nlm-blockwise"] = "none",
     ) -> None:
         from medidiff.transforms import training_transforms
 

@@ -30,14 +30,14 @@ class FakeDenoiser:
     def denoise_volume(self, volume: Volume, modality: str | None = None, **options: Any) -> SimpleNamespace:
         from scipy import ndimage
 
-        assert options.get("sigma") is None  # the benchmark never hands medidiff the true sigma
         data = ndimage.gaussian_filter(volume.data[0], 0.6)
         samples = options.get("samples") or 1
         spread = volume.with_data(np.full_like(data, 0.01)) if samples > 1 else None
         info = {"steps": options.get("steps"), "samples": samples, "precision": options.get("precision")}
         if options.get("precision") == "fp32":  # tells the rows apart
             data = ndimage.gaussian_filter(volume.data[0], 1.2)
-        return SimpleNamespace(volume=volume.with_data(data), uncertainty=spread, sigma=0.042, info=info)
+        sigma = options.get("sigma") or 0.042  # "estimates" 0.042 unless told
+        return SimpleNamespace(volume=volume.with_data(data), uncertainty=spread, sigma=sigma, info=info)
 
 
 class FailingDenoiser(FakeDenoiser):
@@ -165,20 +165,24 @@ def test_rows_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         benchmark.run_benchmark(cfg, out)
 
 
-def test_fp32_and_classic_nlm_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp32_true_sigma_and_classic_nlm_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import medidiff.inference
 
     _synthetic_data(tmp_path / "data")
     monkeypatch.setattr(medidiff.inference, "Denoiser", FakeDenoiser)
-    cfg = _config(tmp_path / "data", ["medidiff", "medidiff-fp32", "nlmeans", "nlmeans-classic"], isolate=False)
+    methods = ["medidiff", "medidiff-fp32", "medidiff-sigma", "nlmeans", "nlmeans-classic"]
+    cfg = _config(tmp_path / "data", methods, isolate=False)
     rows = benchmark.run_benchmark(cfg, tmp_path / "out").rows
-    methods: dict[tuple, list[str]] = {}
+    names: dict[tuple, list[str]] = {}
     for row in rows:
-        methods.setdefault((row["case"], row["noise_level"]), []).append(row["method"])
-    assert methods[("mr_tiny", 3.0)] == ["noisy", "medidiff", "medidiff-fp32", "nlmeans", "nlmeans-classic"]
+        names.setdefault((row["case"], row["noise_level"]), []).append(row["method"])
+    assert names[("mr_tiny", 3.0)] == ["noisy", *methods]
     # CT's nlmeans is DIPY's classic method already (configs/benchmark.yaml): no repeated row
-    assert methods[("ct_tiny", 40.0)] == ["noisy", "medidiff", "medidiff-fp32", "nlmeans"]
+    assert names[("ct_tiny", 40.0)] == ["noisy", *methods[:-1]]
     by = {(r["case"], r["noise_level"], r["method"]): r for r in rows}
+    # only medidiff-sigma is handed the true sigma; the others estimate it
+    assert by[("mr_tiny", 3.0, "medidiff-sigma")]["sigma_est"] == pytest.approx(0.03)
+    assert by[("mr_tiny", 3.0, "medidiff")]["sigma_est"] == pytest.approx(0.042)
     assert by[("mr_tiny", 3.0, "medidiff")]["psnr"] != by[("mr_tiny", 3.0, "medidiff-fp32")]["psnr"]
     assert by[("mr_tiny", 3.0, "nlmeans")]["psnr"] != by[("mr_tiny", 3.0, "nlmeans-classic")]["psnr"]
 
