@@ -142,7 +142,7 @@ class BenchmarkConfig:
     data_dir: str = ""
     seed: int = 0
     isolate: bool = True
-    methods: list[str] = field(default_factory=lambda: [m for m in METHODS if m != "medidiff-1step"])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
     cases: list[CaseConfig] = field(default_factory=_default_cases)
     medidiff: MedidiffSettings = field(default_factory=MedidiffSettings)
     classical: ClassicalSettings = field(default_factory=ClassicalSettings)
@@ -379,6 +379,18 @@ def _medidiff_runner(
         return result.volume.data[0], spread, float(result.sigma)
 
     return run
+
+
+def _repeats_another_row(name: str, modality: str, cfg: BenchmarkConfig, methods: list[str]) -> bool:
+    """True for a row that would repeat another: nlmeans-classic where nlmeans is classic already,
+    medidiff-1step / -3step where that is the modality's default step count."""
+    if name == "nlmeans-classic" and "nlmeans" in methods:
+        return (cfg.classical.nlmeans_method_mr if modality == "MR" else cfg.classical.nlmeans_method_ct) == "classic"
+    if name in ("medidiff-1step", "medidiff-3step") and "medidiff" in methods and cfg.medidiff.steps is None:
+        from medidiff.inference import DEFAULT_STEPS
+
+        return DEFAULT_STEPS[modality] == (1 if name == "medidiff-1step" else 3)
+    return False
 
 
 def run_method(
@@ -650,9 +662,8 @@ def run_benchmark(
         psnr_noisy, ssim_noisy = _score(sample, sample.noisy)
         rows.append({**base, "method": "noisy", "psnr": psnr_noisy, "ssim": ssim_noisy})
         for name in methods:
-            nlm_method = cfg.classical.nlmeans_method_mr if mr else cfg.classical.nlmeans_method_ct
-            if name == "nlmeans-classic" and "nlmeans" in methods and nlm_method == "classic":
-                continue  # the nlmeans row is the classic method already
+            if _repeats_another_row(name, sample.case.modality, cfg, methods):
+                continue
             bar.set_postfix_str(f"{sample.case.name} {sample.level:g}: {name}")
             row = {**base, "method": name}
             try:

@@ -228,7 +228,7 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=_nonneg_float, default=0.0,
                    help="re-noise to sigma*(1+S) before the reverse process (SDEdit): more smoothing")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="reverse-process steps; 1 is the single-step estimate (default 1, 4 for ancestral)")
+                   help="reverse-process steps; 1 is the single-step estimate (default: MR 1, CT 3, ancestral 4)")
     p.add_argument("--sampler", choices=["euler", "heun", "ancestral"], default=None,
                    help="euler/heun are deterministic, ancestral stochastic (default euler; ancestral with --samples)")
     p.add_argument("--samples", type=_positive_int, default=1, help="average K stochastic runs")

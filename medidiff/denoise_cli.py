@@ -61,8 +61,8 @@ def run_denoise(args: argparse.Namespace) -> int:
     elif args.series is not None:
         raise MedidiffError("--series applies to a single DICOM folder input")
     denoiser = Denoiser(model=args.model, device=args.device)
-    run_options = {
-        k: getattr(options, k)
+    run_options = {  # steps and sampler as given: their defaults depend on each scan's modality
+        k: getattr(args if k in ("steps", "sampler") else options, k)
         for k in (
             "sigma",
             "steps",

@@ -29,7 +29,9 @@ from medidiff.errors import MedidiffError
 from medidiff.volume import Volume
 
 MIN_SIZE = 8
-DEFAULT_STEPS = 1
+# deterministic steps by modality, chosen on the benchmark (docs/benchmarks.md): one step is as good
+# as three on MR; on CT three steps are better, most of all when the estimated sigma is high
+DEFAULT_STEPS = {"MR": 1, "CT": 3}
 DEFAULT_SAMPLER = "euler"
 DEFAULT_STOCHASTIC_STEPS = 4
 
@@ -41,7 +43,8 @@ class DenoiseOptions:
     Attributes:
         sigma: noise std in the scan's own units (HU for CT); None estimates it.
         steps: steps along the reverse process (1: the single-step estimate); Heun evaluates the
-            denoiser twice per step except the last.
+            denoiser twice per step except the last. None: 1 for MR, 3 for CT (``DEFAULT_STEPS``),
+            4 for the ancestral sampler.
         sampler: ``euler`` / ``heun`` (deterministic) or ``ancestral`` (stochastic).
         samples: number of runs averaged; > 1 also gives the voxelwise standard deviation.
         strength: extra re-noising before the reverse process, as a fraction of sigma (SDEdit).
@@ -67,8 +70,12 @@ class DenoiseOptions:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
-    def resolved(self) -> DenoiseOptions:
-        """Fill defaults and validate; raises MedidiffError naming the bad option."""
+    def resolved(self, modality: str | None = None) -> DenoiseOptions:
+        """Fill defaults (the step count by ``modality``, MR when None) and validate.
+
+        Raises:
+            MedidiffError: naming the bad option.
+        """
         from medidiff.sampling import SAMPLERS, STOCHASTIC
 
         if self.samples < 1:
@@ -79,7 +86,7 @@ class DenoiseOptions:
         steps = (
             self.steps
             if self.steps is not None
-            else (DEFAULT_STOCHASTIC_STEPS if sampler in STOCHASTIC else DEFAULT_STEPS)
+            else (DEFAULT_STOCHASTIC_STEPS if sampler in STOCHASTIC else DEFAULT_STEPS.get(modality or "MR", 1))
         )
         if not 1 <= steps <= 1000:
             raise MedidiffError(f"--steps must be between 1 and 1000, got {steps}")
@@ -269,11 +276,11 @@ class Denoiser:
         from medidiff.io import guess_modality
 
         opts = DenoiseOptions(**{k: v for k, v in options.items() if v is not None or k == "sigma"})
-        opts = dataclasses.replace(opts, device="cuda" if self.device.type == "cuda" else "cpu").resolved()
-        opts = dataclasses.replace(opts, precision=resolve_precision(opts.precision, self.device))
         if modality is not None and modality not in ("MR", "CT"):
             raise MedidiffError(f"--modality must be MR or CT, got {modality!r}")
         modality = modality or volume.meta.modality or guess_modality(volume)
+        opts = dataclasses.replace(opts, device="cuda" if self.device.type == "cuda" else "cpu").resolved(modality)
+        opts = dataclasses.replace(opts, precision=resolve_precision(opts.precision, self.device))
         if min(volume.spatial_shape) < MIN_SIZE:
             raise MedidiffError(
                 f"{volume.meta.source_path or 'input'}: shape {volume.spatial_shape} has an axis shorter than "

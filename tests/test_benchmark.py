@@ -41,10 +41,10 @@ class FakeDenoiser:
 
 
 class FailingDenoiser(FakeDenoiser):
-    """Raises for the default settings; kills its process (as a segfault would) for one step."""
+    """Raises for the default settings; kills its process (as a segfault would) for three steps."""
 
     def denoise_volume(self, volume: Volume, modality: str | None = None, **options: Any) -> SimpleNamespace:
-        if options.get("steps") == 1:
+        if options.get("steps") == 3:
             os._exit(3)
         raise RuntimeError("no bundled model for this modality")
 
@@ -192,11 +192,11 @@ def test_a_failing_or_crashing_method_is_recorded_in_its_row(tmp_path: Path, mon
 
     _synthetic_data(tmp_path / "data")
     monkeypatch.setattr(medidiff.inference, "Denoiser", FailingDenoiser)
-    cfg = _config(tmp_path / "data", ["medidiff", "medidiff-1step", "tv"], mr_only=True)
+    cfg = _config(tmp_path / "data", ["medidiff", "medidiff-3step", "tv"], mr_only=True)
     rows = {r["method"]: r for r in benchmark.run_benchmark(cfg, tmp_path / "out").rows}
     assert rows["medidiff"]["error"] == "RuntimeError: no bundled model for this modality"
     assert "psnr" not in rows["medidiff"]
-    assert "exit code 3" in rows["medidiff-1step"]["error"]
+    assert "exit code 3" in rows["medidiff-3step"]["error"]
     assert rows["tv"]["psnr"] > rows["noisy"]["psnr"] and "error" not in rows["tv"]
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "no bundled model" in markdown and "exit code 3" in markdown

@@ -135,6 +135,18 @@ def test_bad_options_name_themselves(bad: dict) -> None:
         DenoiseOptions(**bad).resolved()
 
 
+def test_default_steps_follow_the_modality(den: Denoiser) -> None:
+    assert DenoiseOptions().resolved().steps == 1
+    assert DenoiseOptions().resolved("MR").steps == 1
+    assert DenoiseOptions().resolved("CT").steps == 3
+    assert DenoiseOptions(steps=2).resolved("CT").steps == 2
+    assert DenoiseOptions(sampler="ancestral").resolved("CT").steps == 4
+    vol = _volume()
+    ct = Volume.from_array(vol.data[0] * 2000.0 - 1000.0, vol.meta.affine, modality="CT")
+    assert den.denoise_volume(ct).info["steps"] == 3
+    assert den.denoise_volume(vol).info["steps"] == 1
+
+
 def test_bf16_agrees_with_fp32_and_is_reported(den: Denoiser) -> None:
     vol = _volume()
     full = den.denoise_volume(vol, precision="fp32", sigma=0.05)
