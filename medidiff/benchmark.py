@@ -801,23 +801,36 @@ def _figures(
         fig.suptitle(f"{sample.case.name}, noise {sample.level:g} ({window}, middle axial slice)", fontsize=9)
         paths.append(_save_figure(fig, out / f"montage_{sample.case.name}_{sample.level:g}.png"))
         plt.close(fig)
-    cases = list(dict.fromkeys(s.case.name for s in samples))
+    paths.append(psnr_figure(rows, out))
+    return paths
+
+
+def psnr_figure(rows: list[dict[str, Any]], out: Path) -> Path:
+    """PSNR against noise level, one panel per case; each method keeps one colour in every panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    palette = plt.get_cmap("tab20")
+    colours = {m: palette(i % 20) for i, m in enumerate(METHODS)} | {"noisy": "black"}
     fig, axes = plt.subplots(1, len(cases), figsize=(4.5 * len(cases), 3.4), squeeze=False)
     for ax, case in zip(axes[0], cases, strict=True):
         case_rows = [r for r in rows if r["case"] == case and r.get("psnr") is not None]
         for method in dict.fromkeys(r["method"] for r in case_rows):
             points = sorted((r["noise_level"], r["psnr"]) for r in case_rows if r["method"] == method)
             dashes = "--" if method == "noisy" else "-"
-            ax.plot(*zip(*points, strict=True), marker="o", linestyle=dashes, label=method)
+            ax.plot(*zip(*points, strict=True), marker="o", linestyle=dashes, label=method, color=colours.get(method))
         mr = bool(case_rows) and case_rows[0]["modality"] == "MR"
         ax.set_xlabel("Rician sigma (% of clean p99.9)" if mr else "soft-tissue noise target (HU)")
         ax.set_ylabel("PSNR (dB)")
         ax.set_title(case, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    paths.append(_save_figure(fig, out / "psnr_vs_noise.png"))
+    path = _save_figure(fig, out / "psnr_vs_noise.png")
     plt.close(fig)
-    return paths
+    return path
 
 
 def update_docs(report: BenchmarkReport, docs_dir: str | os.PathLike[str] | None = None) -> Path:
