@@ -16,6 +16,7 @@ the GPU still stitches.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -134,8 +135,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AMX or AVX512-BF16; read from /proc/cpuinfo)."""
+    """True when the CPU computes bf16 natively (AMX or AVX512-BF16; /proc/cpuinfo, read once)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
             for line in fh:

@@ -98,7 +98,7 @@ def nlm_cleanupd(key: str, modality: Literal["MR", "CT"], method: str = "classic
     Clinical scans used as training targets carry noise of their own; a model trained to reproduce
     them learns to keep it. Cleaning the targets first (normalized units, so CT air is near 0 and
     non-negative as DIPY expects) removes most of it at the price of slight NLM smoothing.
-    ``method`` is DIPY's: ``classic`` removes about 0.6-0.9 sigma of signal on the reference scans;
+    ``method`` is DIPY's: ``classic`` removes about 0.55-0.7 sigma of signal on the training scans;
     ``blockwise`` removes 2-2.5 sigma, i.e. anatomy as well as noise (docs/design.md).
     """
     base = _map_transform_base()
