@@ -21,7 +21,7 @@ from typing import Any
 
 from medidiff import __version__
 from medidiff.errors import MedidiffError
-from medidiff.files import write_text_atomic
+from medidiff.files import expand_user, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,11 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
     One input file (or one DICOM folder) with ``output`` not an existing folder: a single job
     writing exactly ``output``. Otherwise ``output`` is a folder (created if missing).
     """
-    paths = [Path(p).expanduser() for p in inputs]
+    paths = [expand_user(p) for p in inputs]
     for p in paths:
         if not p.exists():
             raise MedidiffError(f"{p}: no such file or folder")
-    out = Path(output).expanduser()
+    out = expand_user(output)
     single_file = len(paths) == 1 and (
         paths[0].is_file() or not _folder_inputs(paths[0]) or _is_dicom_dir(paths[0])
     )
@@ -95,7 +95,7 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
             raise MedidiffError(f"--uncertainty {job.uncertainty}: give a .nii or .nii.gz name other than the output")
         return [job], None
     out.mkdir(parents=True, exist_ok=True)
-    unc_dir = Path(uncertainty).expanduser() if uncertainty else None
+    unc_dir = expand_user(uncertainty) if uncertainty else None
     if unc_dir is not None:
         unc_dir.mkdir(parents=True, exist_ok=True)
     jobs: list[Job] = []

@@ -27,7 +27,7 @@ import torch
 
 from medidiff.config import Config, config_from_dict, config_to_dict
 from medidiff.errors import ConfigError, ModelError
-from medidiff.files import write_text_atomic
+from medidiff.files import expand_user, write_text_atomic
 
 MODEL_FORMAT = "medidiff-model/1"
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -218,7 +218,7 @@ def resolve_model_spec(spec: str | os.PathLike[str] | None, modality: str | None
     text = str(spec)
     if text.lower() in BUNDLED:
         return BUNDLED[text.lower()]
-    path = Path(text).expanduser()
+    path = expand_user(text)
     if not path.exists():
         raise ModelError(
             f"{path}: model not found; give a run folder, a .safetensors model, or one of: mr, ct"

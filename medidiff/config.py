@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from medidiff.errors import ConfigError
+from medidiff.files import expand_user
 
 
 @dataclass(frozen=True)
@@ -298,9 +299,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     def fix(p: Any) -> Any:
         if isinstance(p, str) and "\0" in p:
             raise ConfigError(f"path {_shown(p)} contains a NUL character; check the config")
-        if isinstance(p, str) and p and not Path(p).expanduser().is_absolute():
+        if isinstance(p, str) and p and not expand_user(p).is_absolute():
             return str((base / p).resolve())
-        return str(Path(p).expanduser()) if isinstance(p, str) and p else p
+        return str(expand_user(p)) if isinstance(p, str) and p else p
 
     if isinstance(raw.get("output_dir"), str) and raw["output_dir"]:
         raw["output_dir"] = fix(raw["output_dir"])

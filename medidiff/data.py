@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from medidiff.errors import ConfigError, InputError
+from medidiff.files import expand_user
 from medidiff.io import looks_like_dicom
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def discover(spec: str | list[str], split: Literal["training", "validation"] = "
         return out
     if not spec:
         return []
-    path = Path(spec).expanduser()
+    path = expand_user(spec)
     if path.is_file() and path.suffix.lower() == ".json":
         return _datalist(path, split)
     if path.is_dir():

@@ -13,6 +13,14 @@ from medidiff.errors import MedidiffError, OutputExistsError
 TEMP_PREFIX = ".medidiff-tmp-"
 
 
+def expand_user(path: str | os.PathLike[str]) -> Path:
+    """``~`` and ``~user`` expanded; a ``~name`` with no such user (or no home) stays as written.
+
+    ``Path.expanduser`` raises RuntimeError there, which would surface as an internal error.
+    """
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
 def check_output(path: str | os.PathLike[str], force: bool = False) -> Path:
     """Return ``path`` as a Path after checking it may be written.
 

@@ -171,6 +171,25 @@ def test_safetensors_without_medidiff_metadata_is_refused(tmp_path: Path, capsys
     assert "not a medidiff model" in err
 
 
+@pytest.mark.parametrize("where", ["input", "output", "model"])
+def test_tilde_of_an_unknown_user_is_a_short_error(tmp_path: Path, capsys, noisy_scan: Path, where: str):
+    # Path.expanduser raises RuntimeError for "~name" without such a user; it must not surface as a crash
+    ghost = "~medidiff_no_such_user/scan.nii.gz"
+    args = {"input": [ghost, "-o", tmp_path / "o.nii.gz"],
+            "output": [noisy_scan, "-o", f"~medidiff_no_such_user/{tmp_path.name}/o.nii.gz"],
+            "model": [noisy_scan, "-o", tmp_path / "o.nii.gz", "--model", "~medidiff_no_such_user/m.safetensors"]}
+    rc, _, err = call(capsys, "denoise", *args[where])
+    assert_short_error(rc, err)
+    assert "internal error" not in err
+
+
+def test_config_paths_with_an_unknown_user_stay_as_written() -> None:
+    from medidiff.config import load_config
+
+    cfg = load_config(TINY_CONFIG, ["output_dir=~medidiff_no_such_user/run"])
+    assert cfg.output_dir.endswith("~medidiff_no_such_user/run")
+
+
 # ------------------------------------------------------------------------------------------- outputs and inputs
 
 
