@@ -124,7 +124,8 @@ _REPR.maxlist = _REPR.maxdict = 6
 
 def _shown(value: Any) -> str:
     """A config value for an error message: short and on one line, whatever the YAML held."""
-    return _REPR.repr(value)
+    text = _REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _shown_key(key: Any) -> str:
@@ -138,7 +139,7 @@ def _check_type(value: Any, annotation: Any, where: str, label: str) -> Any:
         return build_dataclass(annotation, value, where, label)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{where}: {_shown(value)} is not one of {', '.join(map(repr, args))}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -148,18 +149,18 @@ def _check_type(value: Any, annotation: Any, where: str, label: str) -> Any:
                 return _check_type(value, option, where, label)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: {value!r} has the wrong type (expected {annotation})")
+        raise ConfigError(f"{where}: {_shown(value)} has the wrong type (expected {annotation})")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_shown(value)}")
         return [_check_type(v, args[0], f"{where}[{i}]", label) for i, v in enumerate(value)]
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {_shown(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_shown(value)}")
         return value
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" as text; a number literal is still data
@@ -168,11 +169,11 @@ def _check_type(value: Any, annotation: Any, where: str, label: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {_shown(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected text, got {value!r}")
+            raise ConfigError(f"{where}: expected text, got {_shown(value)}")
         return value
     return value
 
@@ -187,7 +188,7 @@ def build_dataclass(cls: type, raw: Any, where: str = "", label: str = "config")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where or label}: expected a mapping of keys, got {raw!r}")
+        raise ConfigError(f"{where or label}: expected a mapping of keys, got {_shown(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(names), key=str)
@@ -264,11 +265,11 @@ def _validate(cfg: Config) -> None:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b=value`` into (["a", "b"], value), the value parsed as YAML data."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.max_steps=100")
+        raise ConfigError(f"--set {_shown(text)}: expected KEY=VALUE, e.g. --set train.max_steps=100")
     key, _, value_text = text.partition("=")
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
-        raise ConfigError(f"--set {text!r}: the key is empty")
+        raise ConfigError(f"--set {_shown(text)}: the key is empty")
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else ""
     except (yaml.YAMLError, RecursionError):
@@ -289,7 +290,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if child is None:
                 child = node[k] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {k} is not a section")
+                raise ConfigError(f"--set {_shown(text)}: {k} is not a section")
             node = child
         node[keys[-1]] = value
     return out

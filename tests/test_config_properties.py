@@ -13,6 +13,7 @@ import tempfile
 import typing
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import TINY_CONFIG
 from hypothesis import HealthCheck, assume, given, settings
@@ -102,6 +103,18 @@ def test_a_valid_config_with_one_value_replaced(path, value):
         assert ".".join(path) in str(exc) or path[-1] in str(exc) or "must" in str(exc) or "need" in str(exc)
     else:
         _assert_typed(cfg)
+
+
+def test_a_large_nested_value_is_quoted_in_one_short_line():
+    """Nested mappings of long keys used to be quoted whole in the message (found by the test above)."""
+    inner = {"k" * 50 + str(i): {"v" * 50 + str(j): None for j in range(6)} for i in range(6)}
+    for path in [("train", "lr_min"), ("train", "max_steps"), ("data", "modality"), ("model", "channels")]:
+        raw = yaml.safe_load(TINY_CONFIG.read_text())
+        raw[path[0]][path[1]] = inner
+        with pytest.raises(ConfigError) as info:
+            config_from_dict(raw)
+        _assert_short(info.value)
+        assert len(str(info.value)) < 200
 
 
 @FAST
