@@ -36,7 +36,7 @@ class DataConfig:
     modality: Literal["MR", "CT"] = "MR"
     patch_size: list[int] = field(default_factory=lambda: [32, 32, 32])
     synthetic_phantoms: int = 0
-    target_cleanup: Literal["none", "nlm", "nlm-blockwise"] = "none"
+    target_cleanup: Literal["none", "nlm", "nlm-blockwise", "recorrupt"] = "none"
     foreground_fraction: float = 0.9
     skip_unreadable: bool = False
     num_workers: int = 0
@@ -247,6 +247,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("train.max_steps must be >= 0 and train.batch_size >= 1")
     if not 0 < cfg.noise.scan_sigma_min < cfg.noise.scan_sigma_max:
         raise ConfigError("need 0 < noise.scan_sigma_min < noise.scan_sigma_max")
+    if cfg.data.target_cleanup == "recorrupt" and cfg.noise.kind == "ct":
+        raise ConfigError(
+            'data.target_cleanup: recorrupt splits white noise and cannot make noise.kind "ct" texture; '
+            'use "nlm" for CT'
+        )
     if not 0.0 <= cfg.noise.scan_fraction <= 1.0:
         raise ConfigError("noise.scan_fraction must lie in [0, 1]")
     if cfg.train.save_every < 1 or cfg.train.log_every < 1:

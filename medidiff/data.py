@@ -145,7 +145,8 @@ def _load_item(item: Item) -> list[dict[str, Any]]:
 class PatchDataset(torch.utils.data.Dataset):
     """Random patches from scans loaded and normalized once; sample ``i`` is a pure function of ``i``.
 
-    Each sample is a dict with ``x0`` (1, X, Y, Z) clean patch and, for real pairs, ``noisy``.
+    Each sample is a dict with ``x0`` (1, X, Y, Z) clean patch and, for real pairs, ``noisy``; with
+    ``target_cleanup="recorrupt"``, ``x0`` keeps the scan's noise and ``own_sigma`` gives its std.
     """
 
     def __init__(
@@ -157,7 +158,7 @@ class PatchDataset(torch.utils.data.Dataset):
         seed: int,
         skip_unreadable: bool = False,
         phantoms: int = 0,
-        target_cleanup: Literal["none", "nlm", "nlm-blockwise"] = "none",
+        target_cleanup: Literal["none", "nlm", "nlm-blockwise", "recorrupt"] = "none",
     ) -> None:
         from medidiff.transforms import training_transforms
 
@@ -167,6 +168,11 @@ class PatchDataset(torch.utils.data.Dataset):
         paired = any(it.target for it in items)
         if paired and not all(it.target for it in items):
             raise ConfigError('either every training entry has a "target" or none does')
+        if paired and target_cleanup == "recorrupt":
+            raise ConfigError(
+                'data.target_cleanup: recorrupt is for scans without targets; use "none" or "nlm" for pairs'
+            )
+        self.recorrupt = target_cleanup == "recorrupt"
         deterministic, self.augment = training_transforms(
             modality, patch_size, foreground_fraction, paired, target_cleanup
         )
@@ -251,6 +257,8 @@ class PatchDataset(torch.utils.data.Dataset):
         }
         if self.paired:
             out["noisy"] = torch.as_tensor(np.asarray(patch["image"]), dtype=torch.float32)
+        if self.recorrupt:  # phantoms are clean: own noise 0
+            out["own_sigma"] = torch.tensor(float(patch.get("own_sigma", 0.0)), dtype=torch.float32)
         return out
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

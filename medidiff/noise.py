@@ -108,6 +108,42 @@ def add_noise(
     raise ValueError(f"unknown noise kind {kind!r}; use 'rician', 'gaussian' or 'ct'")
 
 
+RECORRUPT_MARGIN = 1.25
+"""Training levels below this multiple of a scan's own noise are raised to it (the target noise
+variance grows as the added noise shrinks: ``own**2 * sigma**2 / (sigma**2 - own**2)``)."""
+
+
+def recorrupt(
+    y: torch.Tensor,
+    own_sigma: torch.Tensor,
+    sigma: torch.Tensor,
+    rician: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Recorrupted-to-Recorrupted training pairs from patches that carry noise of their own.
+
+    ``y`` (B, 1, X, Y, Z) holds scans with white noise of std ``own_sigma`` (B,). For a training
+    level ``sigma`` (B,), raised to at least ``RECORRUPT_MARGIN * own_sigma``, the input gets extra
+    noise ``e * z`` with ``e = sqrt(sigma**2 - own**2)`` and the target is ``y - (own**2 / e) * z``:
+    the input's total noise has std ``sigma`` and is uncorrelated with the target's, so the expected
+    MSE to the target equals the MSE to the clean scan plus a constant (Pang et al., CVPR 2021).
+    ``rician`` (B,) bool takes the magnitude with a second, imaginary noise component, as MR does.
+
+    Returns:
+        (noisy input, target, the levels actually used).
+    """
+    own = own_sigma.to(y.dtype)
+    level = torch.maximum(sigma.to(y.dtype), RECORRUPT_MARGIN * own)
+    extra = torch.sqrt(level**2 - own**2).view(-1, 1, 1, 1, 1)
+    back = torch.where(extra > 0, own.view(-1, 1, 1, 1, 1) ** 2 / extra.clamp_min(1e-12), torch.zeros_like(extra))
+    z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    imaginary = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    real = y + extra * z
+    magnitude = torch.sqrt(real**2 + (extra * imaginary) ** 2)
+    noisy = torch.where(rician.view(-1, 1, 1, 1, 1), magnitude, real)
+    return noisy, y - back * z, level
+
+
 # ---------------------------------------------------------------- estimation
 
 _MAD_TO_STD = 1.0 / 0.6744897501960817

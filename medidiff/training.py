@@ -330,6 +330,11 @@ def train(
                 noisy = make_noisy(cfg, x0, sigma, scan, g)
                 noisy = torch.where(use_real.view(-1, 1, 1, 1, 1), batch["noisy"], noisy)
                 sigma = torch.where(use_real, real_sigma, sigma)
+            elif "own_sigma" in batch:  # the scan's own noise split between input and target
+                from medidiff.noise import recorrupt
+
+                rician = scan & (cfg.noise.kind == "rician")
+                noisy, x0, sigma = recorrupt(x0, batch["own_sigma"], sigma, rician, g)
             else:
                 noisy = make_noisy(cfg, x0, sigma, scan, g)
             x0, noisy, sigma = x0.to(device), noisy.to(device), sigma.to(device)

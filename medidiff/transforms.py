@@ -125,12 +125,40 @@ def nlm_cleanupd(key: str, modality: Literal["MR", "CT"], method: str = "classic
     return NlmCleanupd([key])
 
 
+def own_noised(key: str, modality: Literal["MR", "CT"]) -> Any:
+    """Stores the estimated noise std of ``key`` (normalized units) as ``own_sigma`` for recorruption."""
+    base = _map_transform_base()
+
+    class OwnNoised(base):  # type: ignore[misc, valid-type]
+        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            from medidiff.noise import estimate_sigma
+
+            d = dict(data)
+            arr = np.asarray(d[key][0], dtype=np.float32)
+            if modality == "CT":
+                sigma = estimate_sigma(arr * (CT_HIGH - CT_LOW) + CT_LOW, "CT") / (CT_HIGH - CT_LOW)
+            else:
+                sigma = estimate_sigma(arr, "MR")
+            d["own_sigma"] = float(sigma)
+            return d
+
+    return OwnNoised([key])
+
+
+def _target_step(key: str, modality: Literal["MR", "CT"], target_cleanup: str) -> list[Any]:
+    if target_cleanup == "recorrupt":
+        return [own_noised(key, modality)]
+    if target_cleanup in ("nlm", "nlm-blockwise"):
+        return [nlm_cleanupd(key, modality, "blockwise" if target_cleanup == "nlm-blockwise" else "classic")]
+    return []
+
+
 def training_transforms(
     modality: Literal["MR", "CT"],
     patch_size: list[int],
     foreground_fraction: float,
     paired: bool,
-    target_cleanup: Literal["none", "nlm", "nlm-blockwise"] = "none",
+    target_cleanup: Literal["none", "nlm", "nlm-blockwise", "recorrupt"] = "none",
 ) -> tuple[Any, Any]:
     """(deterministic, random) MONAI pipelines for training.
 
@@ -138,6 +166,9 @@ def training_transforms(
     volume; the random part (foreground-weighted patch, flips, 90-degree rotations in the axial
     plane, MR contrast jitter) runs per sample with a seed derived from the sample index, so a run
     resumed from a checkpoint draws exactly the patches the uninterrupted run would have drawn.
+    ``target_cleanup``: ``nlm``/``nlm-blockwise`` clean the target once; ``recorrupt`` records its
+    own noise level as ``own_sigma`` instead and leaves out the MR intensity jitter, which would
+    change that level.
     """
     from monai.transforms import (
         Compose,
@@ -158,11 +189,7 @@ def training_transforms(
             EnsureTyped(keys=keys, track_meta=True),
             Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             normalize_intensityd(keys, modality),
-            *(
-                [nlm_cleanupd(keys[-1], modality, "blockwise" if target_cleanup == "nlm-blockwise" else "classic")]
-                if target_cleanup != "none"
-                else []
-            ),
+            *_target_step(keys[-1], modality, target_cleanup),
             foreground_maskd(keys[-1], "foreground", 0.05 if modality == "MR" else 0.3),
         ]
     )
@@ -175,7 +202,7 @@ def training_transforms(
         RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
         RandRotate90d(keys=keys, prob=0.5, spatial_axes=(0, 1)),
     ]
-    if modality == "MR":
+    if modality == "MR" and target_cleanup != "recorrupt":  # recorruption needs the noise level intact
         augment += [
             RandScaleIntensityd(keys=keys, factors=0.15, prob=0.5),
             RandAdjustContrastd(keys=keys, gamma=(0.8, 1.25), prob=0.3),

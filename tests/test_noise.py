@@ -95,3 +95,28 @@ def test_estimator_refuses_2d_and_tiny() -> None:
         estimate_sigma(np.zeros((8, 8)), "MR")
     with pytest.raises(ValueError):
         estimate_sigma(np.zeros((2, 8, 8)), "MR")
+
+
+def test_recorrupted_input_and_target_noise_are_uncorrelated_with_the_right_levels() -> None:
+    from medidiff.noise import RECORRUPT_MARGIN, recorrupt
+
+    g = torch.Generator().manual_seed(0)
+    own = torch.tensor([0.02, 0.02, 0.02, 0.0])
+    sigma = torch.tensor([0.05, 0.01, 0.05, 0.05])  # the second is below the margin and is raised
+    clean = torch.full((4, 1, 40, 40, 40), 0.5)
+    y = clean + own.view(-1, 1, 1, 1, 1) * torch.randn(clean.shape, generator=g)
+    noisy, target, level = recorrupt(y, own, sigma, torch.tensor([False, False, True, False]), g)
+    np.testing.assert_allclose(level.numpy(), [0.05, RECORRUPT_MARGIN * 0.02, 0.05, 0.05], rtol=1e-6)
+    for b in range(4):
+        n_in = (noisy[b] - clean[b]).flatten()
+        n_out = (target[b] - clean[b]).flatten()
+        assert abs(float(n_in.std()) - float(level[b])) < 0.03 * float(level[b])
+        if own[b] > 0:  # zero correlation: the MSE to the target is the MSE to the clean scan plus a constant
+            corr = float(torch.corrcoef(torch.stack([n_in, n_out]))[0, 1])
+            assert abs(corr) < 0.02, corr
+            want = float(own[b] ** 2 * level[b] ** 2 / (level[b] ** 2 - own[b] ** 2)) ** 0.5
+            assert abs(float(n_out.std()) - want) < 0.03 * want
+        else:  # a clean patch (phantom) keeps its clean target
+            assert torch.equal(target[b], y[b])
+    # at 0.5 with sigma 0.05 Rician magnitude is nearly Gaussian; its bias is positive
+    assert 0 < float((noisy[2] - clean[2]).mean()) < 0.01

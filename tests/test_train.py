@@ -194,3 +194,39 @@ def test_torchrun_two_processes_on_cpu(phantom_dir: Path, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r["step"] for r in _records(run)] == [1, 2, 3, 4]  # rank 0 alone logs
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 4
+
+
+def test_recorrupt_records_each_scans_own_noise_and_trains(phantom_dir: Path, tmp_path: Path) -> None:
+    from medidiff.config import load_config
+    from medidiff.data import PatchDataset
+
+    noisy_dir = tmp_path / "noisy"
+    noisy_dir.mkdir()
+    write_phantom(noisy_dir / "a.nii.gz", noise=0.04)
+    cfg = load_config(str(TINY_CONFIG), [f"data.train={noisy_dir}", "data.target_cleanup=recorrupt",
+                                         "data.synthetic_phantoms=1"])
+    dataset = PatchDataset.from_config(cfg, "training")
+    levels = sorted(float(dataset.sample(i)["own_sigma"]) for i in range(12))
+    assert levels[0] == 0.0  # the phantom is clean
+    assert 0.02 < levels[-1] < 0.08, levels  # the scan's own noise, in normalized units
+    run = tmp_path / "run"
+    result = train(str(TINY_CONFIG), [*_overrides(noisy_dir, run, 2), "data.target_cleanup=recorrupt"],
+                   progress=False)
+    assert result.step == 2 and all(np.isfinite(r["loss"]) for r in _records(run))
+
+
+def test_recorrupt_refuses_ct_texture_noise() -> None:
+    from medidiff.config import load_config
+
+    with pytest.raises(ConfigError, match="recorrupt"):
+        load_config(str(TINY_CONFIG), ["data.target_cleanup=recorrupt", "noise.kind=ct", "data.modality=CT"])
+
+
+def test_recorrupt_refuses_image_pairs(tmp_path: Path) -> None:
+    clean = write_phantom(tmp_path / "clean.nii.gz", noise=0.0)
+    noisy = write_phantom(tmp_path / "noisy.nii.gz", noise=0.05)
+    datalist = tmp_path / "pairs.json"
+    datalist.write_text(json.dumps({"training": [{"image": noisy.name, "target": clean.name}]}))
+    with pytest.raises(ConfigError, match="recorrupt is for scans without targets"):
+        train(str(TINY_CONFIG), [f"data.train={datalist}", "data.val=", f"output_dir={tmp_path / 'run'}",
+                                 "data.target_cleanup=recorrupt", "train.max_steps=1"], progress=False)
