@@ -92,6 +92,16 @@ def foreground_maskd(key: str, mask_key: str, threshold: float) -> Any:
     return ForegroundMaskd([key])
 
 
+def _own_sigma(arr: np.ndarray, modality: Literal["MR", "CT"]) -> float:
+    """The noise std of a normalized volume; the CT estimator works in HU, so CT goes there and back."""
+    from medidiff.noise import estimate_sigma
+
+    if modality == "CT":
+        hu = np.asarray(arr, dtype=np.float64) * (CT_HIGH - CT_LOW) + CT_LOW
+        return float(estimate_sigma(hu.astype(np.float32), "CT") / (CT_HIGH - CT_LOW))
+    return float(estimate_sigma(np.asarray(arr, dtype=np.float32), "MR"))
+
+
 def nlm_cleanupd(key: str, modality: Literal["MR", "CT"], method: str = "classic") -> Any:
     """Lightly denoises ``key`` with DIPY's non-local means at its own estimated noise level.
 
@@ -107,16 +117,11 @@ def nlm_cleanupd(key: str, modality: Literal["MR", "CT"], method: str = "classic
         def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
             from dipy.denoise.nlmeans import nlmeans
 
-            from medidiff.noise import estimate_sigma
 
             d = dict(data)
             arr = np.asarray(d[key][0], dtype=np.float64)
             shift = max(0.0, -float(arr.min()))
-            if modality == "CT":  # the CT estimator works in HU; the data here are normalized
-                hu = arr * (CT_HIGH - CT_LOW) + CT_LOW
-                sigma = estimate_sigma(hu.astype(np.float32), "CT") / (CT_HIGH - CT_LOW)
-            else:
-                sigma = estimate_sigma(arr.astype(np.float32), "MR")
+            sigma = _own_sigma(arr, modality)
             cleaned = nlmeans(arr + shift, sigma=sigma, rician=modality == "MR", method=method) - shift
             d[key] = d[key].clone()
             d[key][0] = d[key].new_tensor(cleaned.astype(np.float32))
@@ -131,15 +136,8 @@ def own_noised(key: str, modality: Literal["MR", "CT"]) -> Any:
 
     class OwnNoised(base):  # type: ignore[misc, valid-type]
         def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-            from medidiff.noise import estimate_sigma
-
             d = dict(data)
-            arr = np.asarray(d[key][0], dtype=np.float32)
-            if modality == "CT":
-                sigma = estimate_sigma(arr * (CT_HIGH - CT_LOW) + CT_LOW, "CT") / (CT_HIGH - CT_LOW)
-            else:
-                sigma = estimate_sigma(arr, "MR")
-            d["own_sigma"] = float(sigma)
+            d["own_sigma"] = _own_sigma(np.asarray(d[key][0]), modality)
             return d
 
     return OwnNoised([key])

@@ -230,3 +230,23 @@ def test_recorrupt_refuses_image_pairs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="recorrupt is for scans without targets"):
         train(str(TINY_CONFIG), [f"data.train={datalist}", "data.val=", f"output_dir={tmp_path / 'run'}",
                                  "data.target_cleanup=recorrupt", "train.max_steps=1"], progress=False)
+
+
+@pytest.mark.parametrize("cleanup", ["nlm", "nlm-blockwise"])
+def test_nlm_cleanup_brings_the_training_target_closer_to_the_clean_scan(tmp_path: Path, cleanup: str) -> None:
+    from medidiff.config import load_config
+    from medidiff.data import PatchDataset
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_phantom(folder / "a.nii.gz", shape=(32, 32, 32), noise=0.05)
+    clean = write_phantom(tmp_path / "clean.nii.gz", shape=(32, 32, 32), noise=0.0)
+
+    def volume(cleanup: str) -> np.ndarray:
+        cfg = load_config(str(TINY_CONFIG), [f"data.train={folder}", f"data.target_cleanup={cleanup}"])
+        return np.asarray(PatchDataset.from_config(cfg, "training").volumes[0]["image"][0])
+
+    cfg = load_config(str(TINY_CONFIG), [f"data.train={clean}"])
+    truth = np.asarray(PatchDataset.from_config(cfg, "training").volumes[0]["image"][0])
+    raw, cleaned = volume("none"), volume(cleanup)
+    assert np.abs(cleaned - truth).mean() < 0.8 * np.abs(raw - truth).mean()
