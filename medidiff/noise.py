@@ -135,7 +135,7 @@ def recorrupt(
     own = own_sigma.to(y.dtype)
     level = torch.maximum(sigma.to(y.dtype), RECORRUPT_MARGIN * own)
     extra = torch.sqrt(level**2 - own**2).view(-1, 1, 1, 1, 1)
-    back = torch.where(extra > 0, own.view(-1, 1, 1, 1, 1) ** 2 / extra.clamp_min(1e-12), torch.zeros_like(extra))
+    back = own.view(-1, 1, 1, 1, 1) ** 2 / extra.clamp_min(1e-12)  # 0 for clean patches (own = 0)
     z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     imaginary = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     real = y + extra * z
