@@ -37,6 +37,7 @@ class DataConfig:
     patch_size: list[int] = field(default_factory=lambda: [32, 32, 32])
     synthetic_phantoms: int = 0
     target_cleanup: Literal["none", "nlm", "nlm-blockwise", "recorrupt"] = "none"
+    mask_fraction: float = 0.0
     foreground_fraction: float = 0.9
     skip_unreadable: bool = False
     num_workers: int = 0
@@ -251,6 +252,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             'data.target_cleanup: recorrupt splits white noise and cannot make noise.kind "ct" texture; '
             'use "nlm" for CT'
+        )
+    if not 0.0 <= cfg.data.mask_fraction <= 1.0:
+        raise ConfigError("data.mask_fraction must lie in [0, 1]")
+    if cfg.data.mask_fraction > 0 and cfg.data.target_cleanup == "recorrupt":
+        raise ConfigError(
+            "data.mask_fraction needs clean targets to zero before the noise is added; "
+            'recorrupt targets keep their own noise: set target_cleanup to "nlm" or mask_fraction to 0'
         )
     if not 0.0 <= cfg.noise.scan_fraction <= 1.0:
         raise ConfigError("noise.scan_fraction must lie in [0, 1]")

@@ -147,6 +147,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     Each sample is a dict with ``x0`` (1, X, Y, Z) clean patch and, for real pairs, ``noisy``; with
     ``target_cleanup="recorrupt"``, ``x0`` keeps the scan's noise and ``own_sigma`` gives its std.
+    A share ``mask_fraction`` of the patches is zeroed outside a random mask
+    (:mod:`medidiff.masking`), as in skull-stripped or defaced scans.
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class PatchDataset(torch.utils.data.Dataset):
         skip_unreadable: bool = False,
         phantoms: int = 0,
         target_cleanup: Literal["none", "nlm", "nlm-blockwise", "recorrupt"] = "none",
+        mask_fraction: float = 0.0,
     ) -> None:
         from medidiff.transforms import training_transforms
 
@@ -172,7 +175,10 @@ class PatchDataset(torch.utils.data.Dataset):
             raise ConfigError(
                 'data.target_cleanup: recorrupt is for scans without targets; use "none" or "nlm" for pairs'
             )
+        if paired and mask_fraction > 0:
+            raise ConfigError("data.mask_fraction zeroes clean targets before synthetic noise; set it to 0 for pairs")
         self.recorrupt = target_cleanup == "recorrupt"
+        self.mask_fraction = float(mask_fraction)
         deterministic, self.augment = training_transforms(
             modality, patch_size, foreground_fraction, paired, target_cleanup
         )
@@ -213,6 +219,7 @@ class PatchDataset(torch.utils.data.Dataset):
             cfg.data.skip_unreadable,
             cfg.data.synthetic_phantoms if training else 0,
             cfg.data.target_cleanup,
+            cfg.data.mask_fraction if training else 0.0,
         )
 
     @staticmethod
@@ -255,6 +262,10 @@ class PatchDataset(torch.utils.data.Dataset):
                 np.asarray(patch["target" if self.paired else "image"]), dtype=torch.float32
             )
         }
+        if self.mask_fraction > 0 and rng.random() < self.mask_fraction:
+            from medidiff.masking import zero_outside_mask
+
+            out["x0"] = torch.from_numpy(zero_outside_mask(out["x0"].numpy(), rng))
         if self.paired:
             out["noisy"] = torch.as_tensor(np.asarray(patch["image"]), dtype=torch.float32)
         if self.recorrupt:  # phantoms are clean: own noise 0
