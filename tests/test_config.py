@@ -13,7 +13,7 @@ from medidiff.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["tiny", "mri", "ct"])
+@pytest.mark.parametrize("name", ["tiny", "mri", "mri-finetune", "mri-mask", "ct", "ct-finetune"])
 def test_presets_load(name: str) -> None:
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert isinstance(cfg, Config)
