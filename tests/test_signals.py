@@ -51,9 +51,15 @@ def _wait_until_busy(proc: subprocess.Popen[str], cpu_seconds: float, timeout: f
         time.sleep(0.05)
 
 
+def _default_sigint() -> None:
+    # a test run started in the background (nohup, `cmd &` in a script) ignores SIGINT, and a child
+    # inherits that; the tests are about a foreground process that gets Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "medidiff", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
 
 
 def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
