@@ -236,8 +236,9 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--uncertainty", default=None,
                    help="write the voxelwise std over --samples here (a file, or a folder for batches)")
     p.add_argument("--roi-size", type=_positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                   help="sliding-window size in voxels (default: twice the model's training patch)")
-    p.add_argument("--overlap", type=_nonneg_float, default=0.125, help="overlap fraction between windows")
+                   help="sliding-window size in voxels (default: fitted around the training patch + 8)")
+    p.add_argument("--overlap", type=_nonneg_float, default=0.2,
+                   help="overlap between windows, a fraction of the base window (0.2: 8 voxels)")
     p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],

@@ -7,10 +7,10 @@ result is the single-step posterior-mean estimate ``D(y, sigma_y)``.
 
 The sampler runs on the whole volume; only the denoiser call is split into overlapping windows with
 Gaussian blending (MONAI ``sliding_window_inference``), so noise drawn by stochastic samplers is one
-whole-volume field, consistent across windows. Windows that hold only background are not sent
-through the network. The network runs in bf16 on CUDA and on CPUs with native bf16 arithmetic
-(AMX or AVX512-BF16), in fp32 elsewhere; the volume stays in CPU memory, so a volume larger than
-the GPU still stitches.
+whole-volume field, consistent across windows. Only the box around the signal is tiled, and
+windows that hold only background are not sent through the network. The network runs in bf16 on
+CUDA and on CPUs with native bf16 arithmetic (AMX or AVX512-BF16), in fp32 elsewhere; the volume
+stays in CPU memory, so a volume larger than the GPU still stitches.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ MIN_SIZE = 8
 DEFAULT_STEPS = {"MR": 1, "CT": 3}
 DEFAULT_SAMPLER = "euler"
 DEFAULT_STOCHASTIC_STEPS = 4
+CONTENT_MARGIN = 8  # voxels of background around the signal that still go through the network
+WINDOW_EXTRA = 8  # default windows: the training patch size plus this many voxels
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,9 @@ class DenoiseOptions:
         samples: number of runs averaged; > 1 also gives the voxelwise standard deviation.
         strength: extra re-noising before the reverse process, as a fraction of sigma (SDEdit).
         seed: seed of every random draw.
-        roi_size: window size of the sliding-window inference (voxels); None: twice the model's
-            training patch (64 for the bundled models).
-        overlap: fraction of overlap between windows.
+        roi_size: window size of the sliding-window inference (voxels); None: windows fitted to the
+            box around the signal, close to the training patch plus 8 voxels (40 for the bundled models).
+        overlap: overlap between windows, as a fraction of that base window (0.2: 8 voxels).
         batch_size: windows per network call.
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 on CUDA and on CPUs with native bf16, else fp32), ``fp32`` or
@@ -66,7 +68,7 @@ class DenoiseOptions:
     strength: float = 0.0
     seed: int = 0
     roi_size: tuple[int, int, int] | None = None
-    overlap: float = 0.125
+    overlap: float = 0.2
     batch_size: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -192,29 +194,94 @@ def fit_windows(
     return (roi[0], roi[1], roi[2])
 
 
+def content_mask(y: np.ndarray, threshold: float, margin: int = CONTENT_MARGIN) -> np.ndarray:
+    """Voxels within ``margin`` voxels of signal, as uint8.
+
+    Signal is where at least a fifth of a 5-voxel box exceeds ``threshold``: a connected structure,
+    not the isolated exceedances that the Rayleigh tail of an MR background or CT streaks give.
+    A window without a single such voxel holds background only and skips the network; one that
+    touches the dilated signal, however little, is denoised, so no sliver of tissue at a window's
+    edge is ever replaced by the background fill.
+    """
+    from scipy import ndimage
+
+    dense = ndimage.uniform_filter((y > threshold).astype(np.float32), size=5, mode="constant") >= 0.2
+    return ndimage.maximum_filter(dense.astype(np.uint8), size=2 * margin + 1, mode="constant")
+
+
+def content_box(content: np.ndarray) -> tuple[slice, slice, slice]:
+    """The bounding box of a :func:`content_mask` (the whole volume when it holds no signal)."""
+    if not content.any():
+        return (slice(0, content.shape[0]), slice(0, content.shape[1]), slice(0, content.shape[2]))
+    spans = []
+    for axis in range(3):
+        hits = np.flatnonzero(content.any(axis=tuple(a for a in range(3) if a != axis)))
+        spans.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return (spans[0], spans[1], spans[2])
+
+
+def _grow_box(box: tuple[slice, ...], roi: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, slice, slice]:
+    """``box`` grown, within the volume, to at least one window per axis (no zero padding where avoidable)."""
+    out = []
+    for s, r, n in zip(box, roi, shape, strict=True):
+        need = max(0, min(r, n) - (s.stop - s.start))
+        start = max(0, min(s.start - need // 2, n - max(r, s.stop - s.start)))
+        out.append(slice(start, min(n, max(s.stop, start + min(r, n)))))
+    return (out[0], out[1], out[2])
+
+
+def window_base(patch_size: list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """The window size the default windows are fitted around: the training patch plus the overlap.
+
+    GroupNorm normalizes each window with its own statistics, so windows close to the training
+    patch size give the statistics the network learned with (docs/benchmarks.md, window size).
+    """
+    return tuple(int(p) + WINDOW_EXTRA for p in patch_size)
+
+
+def _unet_factor(loaded: Any) -> int:
+    return int(2 ** (len(loaded.config.model.channels) - 1))
+
+
+def _window_size(
+    box: tuple[slice, ...], shape: tuple[int, ...], opts: DenoiseOptions, base: tuple[int, ...], factor: int
+) -> tuple[int, int, int]:
+    """The window: ``--roi-size`` or windows fitted to the box, never larger than needed to cover it."""
+    extent = tuple(s.stop - s.start for s in box)
+    roi = opts.roi_size or fit_windows(extent, base, opts.overlap, factor)
+    # a window larger than the box would be zero-padded: shrink it to the smallest that covers the box
+    out = tuple(min(r, -(-e // factor) * factor) for r, e in zip(roi, extent, strict=True))
+    return (out[0], out[1], out[2])
+
+
 class _WindowedDenoiser:
-    """``D(x, sigma)`` over a whole (1, 1, X, Y, Z) volume via Gaussian-blended sliding windows."""
+    """``D(x, sigma)`` over a whole (1, 1, X, Y, Z) volume via Gaussian-blended sliding windows.
+
+    ``content`` (a :func:`content_mask` of the scan) travels with ``x`` as a second channel, so each
+    window knows whether it holds any signal; windows without are filled with the background value.
+    """
 
     def __init__(
-        self, model: Any, opts: DenoiseOptions, device: torch.device, modality: str, sigma_scan: float,
-        base: tuple[int, ...] = (64, 64, 64),
+        self, model: Any, opts: DenoiseOptions, device: torch.device, modality: str, content: np.ndarray,
+        roi: tuple[int, int, int], base: tuple[int, ...],
     ) -> None:
-        self.model, self.opts, self.device, self.modality = model, opts, device, modality
-        assert opts.roi_size is not None  # filled by Denoiser.denoise_volume
+        self.model, self.opts, self.device, self.modality, self.roi = model, opts, device, modality, roi
+        # only the box around the signal goes through the windows; the rest is background fill
+        self.box = _grow_box(content_box(content), roi, content.shape)
         # the same overlap in voxels whatever each axis' window size: overlap x the base window
-        self.overlap = tuple(min(0.5, opts.overlap * b / r) for b, r in zip(base, opts.roi_size, strict=True))
-        self.threshold = max(0.05, 5.0 * sigma_scan)
+        self.overlap = tuple(min(0.5, opts.overlap * b / r) for b, r in zip(base, roi, strict=True))
+        self.content = torch.from_numpy(content[self.box].astype(np.float32))[None, None]
         self.windows = 0
         self.skipped = 0
 
-    def _predict(self, patches: torch.Tensor, sigma: float) -> torch.Tensor:
-        flat = patches.flatten(1)
-        content = (flat > self.threshold).float().mean(dim=1) >= 0.005
+    def _predict(self, both: torch.Tensor, sigma: float) -> torch.Tensor:
+        patches = both[:, :1]
+        content = both[:, 1].flatten(1).amax(dim=1) > 0
         out = torch.empty_like(patches)
         background = ~content
         if background.any():
             fill = (
-                flat[background].mean(dim=1)
+                patches[background].flatten(1).mean(dim=1)
                 if self.modality == "CT"
                 else torch.zeros(int(background.sum()), device=patches.device, dtype=patches.dtype)
             )
@@ -231,11 +298,11 @@ class _WindowedDenoiser:
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
-        assert self.opts.roi_size is not None  # filled by Denoiser.denoise_volume
+        box = (slice(None), slice(None), *self.box)
         with torch.inference_mode():
-            out = sliding_window_inference(
-                x,
-                roi_size=self.opts.roi_size,
+            inside = sliding_window_inference(
+                torch.cat([x[box], self.content], dim=1),
+                roi_size=self.roi,
                 sw_batch_size=self.opts.batch_size,
                 predictor=lambda p: self._predict(p, sigma),
                 overlap=self.overlap,
@@ -244,7 +311,14 @@ class _WindowedDenoiser:
                 device=torch.device("cpu"),
                 progress=False,
             )
-        assert isinstance(out, torch.Tensor)
+        assert isinstance(inside, torch.Tensor)
+        if inside.shape == x.shape:
+            return inside
+        outside = torch.ones_like(x, dtype=torch.bool)
+        outside[box] = False
+        fill = float(x[outside].mean()) if self.modality == "CT" else 0.0
+        out = torch.full_like(x, fill)
+        out[box] = inside
         return out
 
 
@@ -290,20 +364,14 @@ class Denoiser:
             )
         check_memory(volume.spatial_shape, copies=8 + (2 if opts.samples > 1 else 0))
         loaded = self._model_for(modality)
-        factor = 2 ** (len(loaded.config.model.channels) - 1)
-        base = tuple(2 * p for p in loaded.config.data.patch_size)
-        if opts.roi_size is None:
-            opts = dataclasses.replace(opts, roi_size=fit_windows(volume.spatial_shape, base, opts.overlap, factor))
-        roi_size = opts.roi_size or ()
-        if any(r % factor for r in roi_size):
-            raise MedidiffError(f"--roi-size {list(roi_size)} must be divisible by {factor} for this model's U-Net")
-        # a window larger than the scan is zero-padded, which dilutes the background test of each
-        # window (a small scan came out blank): shrink it to the smallest size that covers the scan
-        roi = tuple(min(r, -(-s // factor) * factor) for r, s in zip(roi_size, volume.spatial_shape, strict=True))
-        opts = dataclasses.replace(opts, roi_size=roi)
+        factor = _unet_factor(loaded)
+        if opts.roi_size is not None and any(r % factor for r in opts.roi_size):
+            raise MedidiffError(
+                f"--roi-size {list(opts.roi_size)} must be divisible by {factor} for this model's U-Net"
+            )
         started = time.perf_counter()
         outputs, spreads, sigmas, notes = [], [], [], []
-        stats = {"windows": 0, "skipped_windows": 0}
+        stats: dict[str, Any] = {"windows": 0, "skipped_windows": 0}
         for c in range(volume.n_volumes):
             mean, spread, sigma, note = self._denoise_3d(volume.data[c], modality, loaded, opts, stats)
             outputs.append(mean)
@@ -323,7 +391,8 @@ class Denoiser:
             "samples": opts.samples,
             "strength": opts.strength,
             "seed": opts.seed,
-            "roi_size": list(opts.roi_size or ()),
+            "roi_size": stats.pop("roi_size", None),  # None when no volume needed the network
+            "box": stats.pop("box", None),
             "overlap": opts.overlap,
             "device": str(self.device),
             "precision": opts.precision,
@@ -334,7 +403,7 @@ class Denoiser:
         return DenoiseResult(denoised, uncertainty, float(np.mean(sigmas)), info)
 
     def _denoise_3d(
-        self, data: np.ndarray, modality: str, loaded: Any, opts: DenoiseOptions, stats: dict[str, int]
+        self, data: np.ndarray, modality: str, loaded: Any, opts: DenoiseOptions, stats: dict[str, Any]
     ) -> tuple[np.ndarray, np.ndarray, float, str]:
         from medidiff.noise import estimate_sigma
         from medidiff.sampling import get_sampler, randn_like
@@ -363,8 +432,12 @@ class Denoiser:
         sigmas = schedule.sigmas(int(opts.steps or 1), sigma_start)
         sampler = get_sampler(str(opts.sampler))
         y = torch.from_numpy(norm.normalize(filled))[None, None]
-        base = tuple(2 * p for p in cfg.data.patch_size)
-        windowed = _WindowedDenoiser(loaded.denoiser, opts, self.device, modality, sigma_y, base)
+        content = content_mask(y[0, 0].numpy(), max(0.05, 5.0 * sigma_y))
+        base = window_base(cfg.data.patch_size)
+        roi = _window_size(content_box(content), content.shape, opts, base, _unet_factor(loaded))
+        windowed = _WindowedDenoiser(loaded.denoiser, opts, self.device, modality, content, roi, base)
+        stats.setdefault("roi_size", list(roi))
+        stats.setdefault("box", [[s.start, s.stop] for s in windowed.box])
         runs = []
         for k in range(opts.samples):
             g = torch.Generator().manual_seed(opts.seed + k)

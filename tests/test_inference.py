@@ -116,13 +116,52 @@ def test_volume_smaller_than_the_window_is_padded(den: Denoiser) -> None:
     assert out.shape == vol.data.shape and np.isfinite(out).all()
 
 
-def test_background_windows_are_skipped(den: Denoiser) -> None:
+def test_only_the_box_around_the_signal_is_tiled(den: Denoiser) -> None:
     vol = _volume(shape=(24, 28, 24))
     padded = np.zeros((1, 72, 28, 24), np.float32)
     padded[:, :24] = vol.data
-    result = den.denoise_volume(Volume.from_array(padded[0], modality="MR"), roi_size=(24, 28, 24), overlap=0.0)
+    result = den.denoise_volume(Volume.from_array(padded[0], modality="MR"), roi_size=(24, 24, 24), overlap=0.0)
+    start, stop = result.info["box"][0]
+    assert start == 0 and 24 <= stop <= 24 + 8 + 2  # the signal plus the margin (and the 5-voxel box filter)
+    assert np.all(result.volume.data[0, stop:] == 0)
+    assert result.info["windows"] == 4  # 2 x 2 x 1 windows of 24 over the box (32 x 28 x 24)
+
+
+def test_windows_without_signal_are_skipped(den: Denoiser) -> None:
+    vol = _volume(shape=(24, 28, 24))
+    padded = np.zeros((1, 120, 28, 24), np.float32)
+    padded[:, :24] = vol.data
+    padded[:, 96:] = vol.data
+    result = den.denoise_volume(Volume.from_array(padded[0], modality="MR"), roi_size=(24, 24, 24), overlap=0.0)
+    assert result.info["box"][0] == [0, 120]
     assert result.info["skipped_windows"] >= 1
-    assert np.all(result.volume.data[0, 40:] == 0)
+    assert np.all(result.volume.data[0, 48:72] == 0)
+
+
+def test_a_sliver_of_signal_at_a_window_edge_is_denoised_not_blanked(den: Denoiser) -> None:
+    # a rod of tissue whose last 3 slices (48 voxels, 0.3 % of the window) reach into the second window
+    from medidiff.noise import add_rician_numpy
+
+    clean = np.zeros((48, 24, 24), np.float32)
+    clean[:27, 10:14, 10:14] = 0.8
+    noisy = add_rician_numpy(clean, 0.05, np.random.default_rng(0))
+    result = den.denoise_volume(Volume.from_array(noisy, modality="MR"), roi_size=(24, 24, 24), overlap=0.0)
+    out = result.volume.data[0]
+    assert result.info["skipped_windows"] == 0
+    assert out[24:27, 10:14, 10:14].mean() > 0.4
+
+
+def test_content_mask_ignores_isolated_noise_and_keeps_a_margin() -> None:
+    from medidiff.inference import content_box, content_mask
+
+    rng = np.random.default_rng(0)
+    y = rng.rayleigh(0.05, (64, 64, 64)).astype(np.float32)
+    y[rng.random(y.shape) < 1e-4] = 1.0  # scattered single bright voxels
+    assert not content_mask(y, 0.25).any()
+    y[30:34, 30:34, 30:34] = 1.0
+    mask = content_mask(y, 0.25, margin=8)
+    assert mask[30:34, 30:34, 30:34].all() and mask[21, 31, 31] and not mask[20, 31, 31]
+    assert content_box(mask) == (slice(21, 43),) * 3  # the box filter reaches 1 voxel out, then 8 of margin
 
 
 @pytest.mark.parametrize(
