@@ -40,9 +40,9 @@ from medidiff.volume import Volume
 
 METHODS = (
     "medidiff", "medidiff-1step", "medidiff-fp32", "medidiff-sigma", "medidiff-3step", "medidiff-avg",
-    "nlmeans", "nlmeans-classic", "tv", "wavelet", "bm4d",
+    "medidiff-flips", "nlmeans", "nlmeans-classic", "tv", "wavelet", "bm4d",
 )  # fmt: skip
-MEDIDIFF_METHODS = ("medidiff", "medidiff-1step", "medidiff-fp32", "medidiff-sigma", "medidiff-3step", "medidiff-avg")
+MEDIDIFF_METHODS = tuple(m for m in METHODS if m.startswith("medidiff"))
 CT_DISPLAY_WINDOW = (-200.0, 600.0)
 DOCS_START, DOCS_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 OUTPUT_FILES = ("results.csv", "results.json", "results.md")
@@ -90,7 +90,8 @@ class MedidiffSettings:
 
     ``medidiff-avg`` averages ``avg_samples`` runs of ``avg_steps`` steps each; with ``avg_strength``
     > 0 every run starts from the scan re-noised by its own draw (SDEdit), deterministic Euler after
-    that; with 0 the runs are ancestral samples.
+    that; with 0 the runs are ancestral samples. ``medidiff-flips`` averages the default over
+    ``flips`` mirror images of the scan.
     """
 
     model: str | None = None
@@ -99,6 +100,7 @@ class MedidiffSettings:
     avg_samples: int = 4
     avg_steps: int | None = 1
     avg_strength: float = 0.5
+    flips: int = 8
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,10 @@ def load_benchmark_config(
             raise ConfigError(f"cases[{index}].quick_crop: give three sizes of at least 8, e.g. [64, 64, 64]")
     if min(cfg.medidiff.avg_samples, cfg.quick.avg_samples) < 2:
         raise ConfigError("medidiff.avg_samples and quick.avg_samples must be at least 2")
+    from medidiff.inference import MIRRORS
+
+    if not 2 <= cfg.medidiff.flips <= len(MIRRORS):
+        raise ConfigError(f"medidiff.flips must be between 2 and {len(MIRRORS)}, got {cfg.medidiff.flips}")
     return cfg
 
 
@@ -366,6 +372,8 @@ def _medidiff_runner(
         kwargs["sigma"] = sample.sigma_true
     elif name == "medidiff-3step":
         kwargs["steps"] = 3
+    elif name == "medidiff-flips":
+        kwargs["flips"] = settings.flips
     elif name == "medidiff-avg":
         kwargs["samples"] = cfg.quick.avg_samples if quick else settings.avg_samples
         kwargs["steps"] = settings.avg_steps

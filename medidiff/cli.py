@@ -232,9 +232,11 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=["euler", "heun", "ancestral"], default=None,
                    help="euler/heun are deterministic, ancestral stochastic (default euler; ancestral with --samples)")
     p.add_argument("--samples", type=_positive_int, default=1, help="average K stochastic runs")
+    p.add_argument("--flips", type=_positive_int, default=1,
+                   help="average over K mirror images of the scan, 1-8 (K times the work; default 1)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw")
     p.add_argument("--uncertainty", default=None,
-                   help="write the voxelwise std over --samples here (a file, or a folder for batches)")
+                   help="write the voxelwise std over --samples/--flips runs here (a file, or a folder for batches)")
     p.add_argument("--roi-size", type=_positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="sliding-window size in voxels (default: fitted around the training patch + 8)")
     p.add_argument("--overlap", type=_nonneg_float, default=0.2,

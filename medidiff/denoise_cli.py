@@ -41,6 +41,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         steps=args.steps,
         sampler=args.sampler,
         samples=args.samples,
+        flips=args.flips,
         strength=args.strength,
         seed=args.seed,
         roi_size=tuple(args.roi_size) if args.roi_size else None,
@@ -49,8 +50,8 @@ def run_denoise(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
     ).resolved()  # bad values fail here, before any model loads
-    if args.uncertainty and options.samples < 2:
-        raise MedidiffError("--uncertainty needs --samples 2 or more (it is the spread over samples)")
+    if args.uncertainty and options.runs < 2:
+        raise MedidiffError("--uncertainty needs --samples or --flips 2 or more (it is the spread over runs)")
     jobs, bids_root = plan_jobs(args.inputs, args.output, args.uncertainty)
     if len(jobs) == 1:
         check_output(jobs[0].output, args.force)
@@ -68,6 +69,7 @@ def run_denoise(args: argparse.Namespace) -> int:
             "steps",
             "sampler",
             "samples",
+            "flips",
             "strength",
             "seed",
             "roi_size",

@@ -34,6 +34,8 @@ MIN_SIZE = 8
 # as three on MR; on CT three steps are better, most of all when the estimated sigma is high
 DEFAULT_STEPS = {"MR": 1, "CT": 3}
 DEFAULT_SAMPLER = "euler"
+# Mirror images for --flips, in the order used: each pair after the first flips complementary axes.
+MIRRORS: tuple[tuple[int, ...], ...] = ((), (0, 1, 2), (0,), (1, 2), (1,), (0, 2), (2,), (0, 1))
 DEFAULT_STOCHASTIC_STEPS = 4
 CONTENT_MARGIN = 8  # voxels of background around the signal that still go through the network
 WINDOW_EXTRA = 8  # default windows: the training patch size plus this many voxels
@@ -50,6 +52,8 @@ class DenoiseOptions:
             4 for the ancestral sampler.
         sampler: ``euler`` / ``heun`` (deterministic) or ``ancestral`` (stochastic).
         samples: number of runs averaged; > 1 also gives the voxelwise standard deviation.
+        flips: number of mirror images of the scan (``MIRRORS``, 1-8) each run is made on and
+            averaged over, flipped back (test-time self-ensemble: ``flips`` times the work).
         strength: extra re-noising before the reverse process, as a fraction of sigma (SDEdit).
         seed: seed of every random draw.
         roi_size: window size of the sliding-window inference (voxels); None: windows fitted to the
@@ -65,6 +69,7 @@ class DenoiseOptions:
     steps: int | None = None
     sampler: str | None = None
     samples: int = 1
+    flips: int = 1
     strength: float = 0.0
     seed: int = 0
     roi_size: tuple[int, int, int] | None = None
@@ -72,6 +77,11 @@ class DenoiseOptions:
     batch_size: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    @property
+    def runs(self) -> int:
+        """Runs averaged per volume: ``samples`` on each of ``flips`` mirror images."""
+        return self.samples * self.flips
 
     def resolved(self, modality: str | None = None) -> DenoiseOptions:
         """Fill defaults (the step count by ``modality``, MR when None) and validate.
@@ -83,6 +93,8 @@ class DenoiseOptions:
 
         if self.samples < 1:
             raise MedidiffError(f"--samples must be at least 1, got {self.samples}")
+        if not 1 <= self.flips <= len(MIRRORS):
+            raise MedidiffError(f"--flips must be between 1 and {len(MIRRORS)}, got {self.flips}")
         sampler = self.sampler or ("ancestral" if self.samples > 1 else DEFAULT_SAMPLER)
         if sampler not in SAMPLERS:
             raise MedidiffError(f"--sampler {sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
@@ -362,7 +374,7 @@ class Denoiser:
                 f"{volume.meta.source_path or 'input'}: shape {volume.spatial_shape} has an axis shorter than "
                 f"{MIN_SIZE} voxels (a 2D image or a thin slab); medidiff denoises 3D volumes"
             )
-        check_memory(volume.spatial_shape, copies=8 + (2 if opts.samples > 1 else 0))
+        check_memory(volume.spatial_shape, copies=8 + (2 if opts.runs > 1 else 0))
         loaded = self._model_for(modality)
         factor = _unet_factor(loaded)
         if opts.roi_size is not None and any(r % factor for r in opts.roi_size):
@@ -380,7 +392,7 @@ class Denoiser:
             if note:
                 notes.append(f"volume {c}: {note}")
         denoised = volume.with_data(np.stack(outputs))
-        uncertainty = volume.with_data(np.stack(spreads)) if opts.samples > 1 else None
+        uncertainty = volume.with_data(np.stack(spreads)) if opts.runs > 1 else None
         info = {
             "model": loaded.name,
             "model_sha256": loaded.sha256,
@@ -389,6 +401,7 @@ class Denoiser:
             "steps": opts.steps,
             "sampler": opts.sampler,
             "samples": opts.samples,
+            "flips": opts.flips,
             "strength": opts.strength,
             "seed": opts.seed,
             "roi_size": stats.pop("roi_size", None),  # None when no volume needed the network
@@ -435,22 +448,27 @@ class Denoiser:
         content = content_mask(y[0, 0].numpy(), max(0.05, 5.0 * sigma_y))
         base = window_base(cfg.data.patch_size)
         roi = _window_size(content_box(content), content.shape, opts, base, _unet_factor(loaded))
-        windowed = _WindowedDenoiser(loaded.denoiser, opts, self.device, modality, content, roi, base)
-        stats.setdefault("roi_size", list(roi))
-        stats.setdefault("box", [[s.start, s.stop] for s in windowed.box])
         runs = []
-        for k in range(opts.samples):
-            g = torch.Generator().manual_seed(opts.seed + k)
-            x = y
-            if sigma_start > sigma_y:
-                x = y + randn_like(y, g) * math.sqrt(sigma_start**2 - sigma_y**2)
-            runs.append(sampler(windowed, x, sigmas, generator=g)[0, 0].numpy())
+        for axes in MIRRORS[: opts.flips]:  # each mirror image is denoised, then flipped back
+            dims = [a + 2 for a in axes]
+            y_m = torch.flip(y, dims) if axes else y
+            content_m = np.ascontiguousarray(np.flip(content, axes)) if axes else content
+            windowed = _WindowedDenoiser(loaded.denoiser, opts, self.device, modality, content_m, roi, base)
+            stats.setdefault("roi_size", list(roi))
+            stats.setdefault("box", [[s.start, s.stop] for s in windowed.box])
+            for k in range(opts.samples):
+                g = torch.Generator().manual_seed(opts.seed + k)
+                x = y_m
+                if sigma_start > sigma_y:
+                    x = y_m + randn_like(y_m, g) * math.sqrt(sigma_start**2 - sigma_y**2)
+                out = sampler(windowed, x, sigmas, generator=g)
+                runs.append((torch.flip(out, dims) if axes else out)[0, 0].numpy())
+            stats["windows"] += windowed.windows
+            stats["skipped_windows"] += windowed.skipped
         stack = np.stack(runs)
         mean = norm.denormalize(stack.mean(axis=0))
         spread = stack.std(axis=0) * norm.scale if len(runs) > 1 else np.zeros_like(mean)
         mean = np.where(finite, mean, data)  # NaN/Inf stay where they were
-        stats["windows"] += windowed.windows
-        stats["skipped_windows"] += windowed.skipped
         return mean.astype(np.float32), spread.astype(np.float32), float(sigma_y * norm.scale), ""
 
 

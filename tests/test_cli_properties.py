@@ -55,6 +55,8 @@ def _valid(option: str, text: str) -> bool:
         return i is not None and 1 <= i <= 1000
     if option == "--batch-size":
         return i is not None and i >= 1
+    if option == "--flips":
+        return i is not None and 1 <= i <= 8
     if option == "--seed":
         return i is not None and 0 <= i < 2**63
     if f is None or not math.isfinite(f):
@@ -68,7 +70,7 @@ def _valid(option: str, text: str) -> bool:
     raise AssertionError(option)
 
 
-OPTIONS = ["--steps", "--batch-size", "--seed", "--overlap", "--strength", "--sigma"]
+OPTIONS = ["--steps", "--batch-size", "--flips", "--seed", "--overlap", "--strength", "--sigma"]
 EDGE = ["0", "-0", "1", "-1", "0.5", "-0.5", ".5", "1e3", "1e309", "-1e309", "nan", "inf", "-inf", "NaN",
         " 3 ", "1_000", "0x10", "", "--", "-x", "٣", "1" * 5000, str(2**63), str(2**63 - 1), "1000", "1001",
         "10", "10.5", "0.999", "1.0"]
@@ -113,7 +115,7 @@ def test_parser_accepts_exactly_the_valid_values(option, text):
             assert option in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1
             return
     value = getattr(args, option[2:].replace("-", "_"))
-    assert isinstance(value, int if option in ("--steps", "--batch-size", "--seed") else float)
+    assert isinstance(value, int if option in ("--steps", "--batch-size", "--flips", "--seed") else float)
     if option in ("--overlap", "--strength", "--sigma"):
         assert math.isfinite(value) and value >= 0
 
@@ -142,8 +144,8 @@ def test_denoise_refuses_any_invalid_value_and_writes_nothing(scan_dir, options,
     assert sorted(p.name for p in scan_dir.iterdir()) == ["scan.nii.gz"]
 
 
-TOKENS = ["--steps", "--sigma", "--strength", "--overlap", "--seed", "--samples", "--sampler", "euler", "heun",
-          "ancestral", "ddim", "--roi-size", "--batch-size", "--modality", "MR", "CT", "PET", "--device", "cpu",
+TOKENS = ["--steps", "--sigma", "--strength", "--overlap", "--seed", "--samples", "--flips", "--sampler", "euler",
+          "heun", "ancestral", "ddim", "--roi-size", "--batch-size", "--modality", "MR", "CT", "PET", "--device", "cpu",
           "--series", "--uncertainty", "u.nii.gz", "--force", "--no-sidecar", "--debug", "--bogus", "-o",
           "1", "0", "-1", "2", "16", "0.5", "nan", "x"]
 junk = st.text(alphabet="abcxyz_", min_size=1, max_size=6).map(lambda t: f"junk_{t}")

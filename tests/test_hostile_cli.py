@@ -279,6 +279,8 @@ def test_unreadable_input_and_config(tmp_path: Path, capsys, noisy_scan: Path, t
         (["--strength", "11"], "--strength"),
         (["--samples", "0"], "--samples"),
         (["--samples", "3", "--sampler", "euler"], "--samples"),
+        (["--flips", "9"], "--flips"),
+        (["--flips", "0"], "--flips"),
         (["--batch-size", "-1"], "--batch-size"),
         (["--roi-size", "4", "4", "4"], "--roi-size"),
         (["--roi-size", "16", "16", "10"], "--roi-size"),  # the tiny U-Net needs multiples of 4
@@ -309,6 +311,18 @@ def test_uncertainty_name_is_checked_before_any_work(tmp_path: Path, capsys, noi
                           "--uncertainty", uncertainty, "--force")
         assert_short_error(rc, err)
         assert "--uncertainty" in err and not out.exists()
+
+
+def test_flips_give_an_uncertainty_map_with_the_scan_geometry(tmp_path: Path, capsys, noisy_scan: Path,
+                                                              tiny_model: Path):
+    out, spread = tmp_path / "o.nii.gz", tmp_path / "spread.nii.gz"
+    rc, _, err = call(capsys, "denoise", noisy_scan, "-o", out, "--model", tiny_model, "--flips", "2",
+                      "--uncertainty", spread)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "o.json").read_text())["flips"] == 2
+    src, unc = nib.load(noisy_scan), nib.load(spread)
+    assert unc.shape == src.shape and np.array_equal(unc.affine, src.affine)
+    assert float(np.asarray(unc.dataobj).max()) > 0
 
 
 def test_oversized_roi_is_fitted_to_the_scan(tmp_path: Path, capsys, noisy_scan: Path, tiny_model: Path):

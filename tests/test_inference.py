@@ -65,6 +65,21 @@ def test_samples_give_mean_and_uncertainty(den: Denoiser) -> None:
     assert float(result.uncertainty.data.min()) >= 0
 
 
+def test_flips_average_the_denoised_mirror_images(den: Denoiser) -> None:
+    from medidiff.inference import MIRRORS
+
+    vol = _volume()
+    axes = MIRRORS[1]
+    plain = den.denoise_volume(vol, sigma=0.05).volume.data[0]
+    mirrored_in = vol.with_data(np.ascontiguousarray(np.flip(vol.data, [a + 1 for a in axes])))
+    mirrored = np.flip(den.denoise_volume(mirrored_in, sigma=0.05).volume.data[0], axes)
+    result = den.denoise_volume(vol, sigma=0.05, flips=2)
+    assert not np.allclose(plain, mirrored, atol=1e-4)  # the mirror image is a different estimate
+    np.testing.assert_allclose(result.volume.data[0], (plain + mirrored) / 2, atol=1e-5)
+    assert result.info["flips"] == 2 and result.uncertainty is not None
+    np.testing.assert_allclose(result.uncertainty.data[0], np.abs(plain - mirrored) / 2, atol=1e-5)
+
+
 def test_strength_renoises_further(den: Denoiser) -> None:
     vol = _volume()
     plain = den.denoise_volume(vol).volume.data
@@ -167,7 +182,8 @@ def test_content_mask_ignores_isolated_noise_and_keeps_a_margin() -> None:
 @pytest.mark.parametrize(
     "bad",
     [dict(steps=0), dict(samples=0), dict(sampler="ddpm"), dict(overlap=1.5), dict(strength=-1.0),
-     dict(sigma=-0.1), dict(roi_size=(4, 4, 4)), dict(samples=3, sampler="euler"), dict(precision="fp16")],
+     dict(sigma=-0.1), dict(roi_size=(4, 4, 4)), dict(samples=3, sampler="euler"), dict(precision="fp16"),
+     dict(flips=0), dict(flips=9)],
 )
 def test_bad_options_name_themselves(bad: dict) -> None:
     with pytest.raises(MedidiffError):
