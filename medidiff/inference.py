@@ -266,6 +266,32 @@ def _window_size(
     return (out[0], out[1], out[2])
 
 
+class _RunningMoments:
+    """Mean and population std of equally shaped arrays added one at a time (Welford's update)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray = np.zeros(0, np.float32)
+        self._m2: np.ndarray | None = None
+
+    def add(self, run: np.ndarray) -> None:
+        self.n += 1
+        if self.n == 1:
+            self.mean = run.astype(np.float32, copy=True)
+            return
+        if self._m2 is None:
+            self._m2 = np.zeros_like(self.mean)
+        delta = run - self.mean
+        self.mean += delta / self.n
+        after = run - self.mean
+        after *= delta
+        self._m2 += after
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.zeros_like(self.mean) if self._m2 is None else np.sqrt(self._m2 / self.n)
+
+
 class _WindowedDenoiser:
     """``D(x, sigma)`` over a whole (1, 1, X, Y, Z) volume via Gaussian-blended sliding windows.
 
@@ -448,7 +474,7 @@ class Denoiser:
         content = content_mask(y[0, 0].numpy(), max(0.05, 5.0 * sigma_y))
         base = window_base(cfg.data.patch_size)
         roi = _window_size(content_box(content), content.shape, opts, base, _unet_factor(loaded))
-        runs = []
+        runs = _RunningMoments()  # memory stays flat however many runs are averaged
         for axes in MIRRORS[: opts.flips]:  # each mirror image is denoised, then flipped back
             dims = [a + 2 for a in axes]
             y_m = torch.flip(y, dims) if axes else y
@@ -462,12 +488,11 @@ class Denoiser:
                 if sigma_start > sigma_y:
                     x = y_m + randn_like(y_m, g) * math.sqrt(sigma_start**2 - sigma_y**2)
                 out = sampler(windowed, x, sigmas, generator=g)
-                runs.append((torch.flip(out, dims) if axes else out)[0, 0].numpy())
+                runs.add((torch.flip(out, dims) if axes else out)[0, 0].numpy())
             stats["windows"] += windowed.windows
             stats["skipped_windows"] += windowed.skipped
-        stack = np.stack(runs)
-        mean = norm.denormalize(stack.mean(axis=0))
-        spread = stack.std(axis=0) * norm.scale if len(runs) > 1 else np.zeros_like(mean)
+        mean = norm.denormalize(runs.mean)
+        spread = runs.std * norm.scale
         mean = np.where(finite, mean, data)  # NaN/Inf stay where they were
         return mean.astype(np.float32), spread.astype(np.float32), float(sigma_y * norm.scale), ""
 

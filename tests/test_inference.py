@@ -80,6 +80,19 @@ def test_flips_average_the_denoised_mirror_images(den: Denoiser) -> None:
     np.testing.assert_allclose(result.uncertainty.data[0], np.abs(plain - mirrored) / 2, atol=1e-5)
 
 
+def test_running_moments_match_numpy() -> None:
+    from medidiff.inference import _RunningMoments
+
+    runs = np.random.default_rng(0).normal(3.0, 2.0, size=(5, 6, 7, 8)).astype(np.float32)
+    moments = _RunningMoments()
+    moments.add(runs[0])
+    assert np.array_equal(moments.mean, runs[0]) and not moments.std.any()
+    for run in runs[1:]:
+        moments.add(run)
+    np.testing.assert_allclose(moments.mean, runs.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(moments.std, runs.std(axis=0), atol=1e-5)
+
+
 def test_strength_renoises_further(den: Denoiser) -> None:
     vol = _volume()
     plain = den.denoise_volume(vol).volume.data
