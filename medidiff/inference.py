@@ -69,7 +69,6 @@ class DenoiseOptions:
     steps: int | None = None
     sampler: str | None = None
     samples: int = 1
-    flips: int = 1
     strength: float = 0.0
     seed: int = 0
     roi_size: tuple[int, int, int] | None = None
@@ -77,6 +76,7 @@ class DenoiseOptions:
     batch_size: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    flips: int = 1
 
     @property
     def runs(self) -> int:
@@ -400,7 +400,8 @@ class Denoiser:
                 f"{volume.meta.source_path or 'input'}: shape {volume.spatial_shape} has an axis shorter than "
                 f"{MIN_SIZE} voxels (a 2D image or a thin slab); medidiff denoises 3D volumes"
             )
-        check_memory(volume.spatial_shape, copies=8 + (2 if opts.runs > 1 else 0))
+        # runs > 1: the running mean and M2 and their update's temporaries; flips: the mirrored input and output
+        check_memory(volume.spatial_shape, copies=8 + (3 if opts.runs > 1 else 0) + (2 if opts.flips > 1 else 0))
         loaded = self._model_for(modality)
         factor = _unet_factor(loaded)
         if opts.roi_size is not None and any(r % factor for r in opts.roi_size):

@@ -22,7 +22,8 @@ REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 
 
 class FakeDenoiser:
-    """Stands in for ``medidiff.inference.Denoiser``: a mild Gaussian blur, uncertainty for samples > 1."""
+    """Stands in for ``medidiff.inference.Denoiser``: a mild Gaussian blur; uncertainty 0.01 for
+    samples > 1 and 0.001 x flips for flips > 1 (so a test can see which option arrived)."""
 
     def __init__(self, model: Any = None, device: str = "auto") -> None:
         self.model = model
@@ -32,7 +33,10 @@ class FakeDenoiser:
 
         data = ndimage.gaussian_filter(volume.data[0], 0.6)
         samples = options.get("samples") or 1
-        spread = volume.with_data(np.full_like(data, 0.01)) if samples > 1 else None
+        flips = options.get("flips") or 1
+        spread = None
+        if samples > 1 or flips > 1:
+            spread = volume.with_data(np.full_like(data, 0.01 if samples > 1 else 0.001 * flips))
         info = {"steps": options.get("steps"), "samples": samples, "precision": options.get("precision")}
         if options.get("precision") == "fp32":  # tells the rows apart
             data = ndimage.gaussian_filter(volume.data[0], 1.2)
@@ -101,6 +105,7 @@ def test_repository_config_mirrors_the_defaults(tmp_path: Path) -> None:
         ({"classical": {"tv_weight": 1}}, "valid keys: tv_weight_factor"),
         ({"methods": ["nlm"]}, "unknown method 'nlm'; valid methods: medidiff"),
         ({"seed": "zero"}, "seed: expected an integer"),
+        ({"medidiff": {"flips": 1}}, "medidiff.flips must be between 2 and 8"),
         ({"ct": {"filter": "shepp"}}, "ct.filter"),
         ({"cases": [{"name": "a", "file": "b", "modality": "PET", "noise_levels": [3]}]}, "cases[0].modality"),
     ],
@@ -127,7 +132,7 @@ def test_rows_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     _synthetic_data(tmp_path / "data")
     monkeypatch.setattr(medidiff.inference, "Denoiser", FakeDenoiser)
-    cfg = _config(tmp_path / "data", ["medidiff", "medidiff-avg", "tv", "wavelet", "bm4d"], seed=3)
+    cfg = _config(tmp_path / "data", ["medidiff", "medidiff-avg", "medidiff-flips", "tv", "wavelet", "bm4d"], seed=3)
     report = benchmark.run_benchmark(cfg, tmp_path / "out")
     rows = report.rows
     assert [r["method"] for r in rows if r["case"] == "mr_tiny" and r["noise_level"] == 3.0][:2] == [
@@ -143,6 +148,7 @@ def test_rows_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert den["sigma_est"] == pytest.approx(0.042) and "error" not in den
     assert by_method[("ct_tiny", 40.0, "noisy")]["sigma_true"] == pytest.approx(40.0, rel=0.3)
     assert by_method[("mr_tiny", 3.0, "medidiff-avg")]["uncertainty_mean"] == pytest.approx(0.01)
+    assert by_method[("mr_tiny", 3.0, "medidiff-flips")]["uncertainty_mean"] == pytest.approx(0.008)  # 8 flips
     # wavelet needs PyWavelets: a row either way, with numbers or with the error text
     wavelet = by_method[("mr_tiny", 3.0, "wavelet")]
     assert ("psnr" in wavelet) != ("error" in wavelet)

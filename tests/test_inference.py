@@ -80,6 +80,19 @@ def test_flips_average_the_denoised_mirror_images(den: Denoiser) -> None:
     np.testing.assert_allclose(result.uncertainty.data[0], np.abs(plain - mirrored) / 2, atol=1e-5)
 
 
+def test_all_eight_mirror_images_are_flipped_back_on_their_own_axes(den: Denoiser) -> None:
+    from medidiff.inference import MIRRORS
+
+    vol = _volume(shape=(24, 28, 20))  # three different lengths: a mixed-up axis cannot flip back
+    runs = []
+    for axes in MIRRORS:
+        mirrored = vol.with_data(np.ascontiguousarray(np.flip(vol.data, [a + 1 for a in axes])))
+        runs.append(np.flip(den.denoise_volume(mirrored, sigma=0.05).volume.data[0], axes))
+    result = den.denoise_volume(vol, sigma=0.05, flips=8)
+    np.testing.assert_allclose(result.volume.data[0], np.mean(runs, axis=0), atol=1e-5)
+    np.testing.assert_allclose(result.uncertainty.data[0], np.std(runs, axis=0), atol=1e-5)
+
+
 def test_running_moments_match_numpy() -> None:
     from medidiff.inference import _RunningMoments
 
