@@ -4,8 +4,9 @@ Usage: python benchmarks/ct_sigma_floor.py [--model MODEL] [--floors 0 10 15 20 
        [--data-dir DIR]
 
 Both reference CT scans (the held-out chest CTA and the abdomen the bundled CT model was trained
-on) get the benchmark's projection-domain noise at 25 and 50 HU (``configs/benchmark.yaml``'s
-simulation, seed 0). medidiff estimates sigma as usual; each row then denoises with
+on) get the same projection-domain noise at 25 and 50 HU as in ``configs/benchmark.yaml`` (chest)
+and ``benchmarks/ct_abdomen_in_sample.yaml`` (abdomen): the same draws, so the floor-0 rows repeat
+those benchmarks' ``medidiff`` rows. medidiff estimates sigma as usual; each row then denoises with
 ``sqrt(estimate^2 - floor^2)``, the noise a routine-dose scan would keep left in, and a last row
 uses the true sigma of the added noise. Scores are the benchmark's (HU window [-1000, 1000], body
 mask) against the reference scan, which carries noise of its own. docs/benchmarks.md quotes it.
@@ -18,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
+# (config, case name): each case is simulated at its index in its own benchmark config, which seeds its noise
 CASES = [
-    {"name": "chest_cta", "file": "totalseg_chest_cta_crop_1p5mm.nii.gz", "modality": "CT", "noise_levels": [25, 50]},
-    {"name": "abdomen", "file": "totalseg_example_ct_abdomen_3mm.nii.gz", "modality": "CT", "noise_levels": [25, 50]},
+    (HERE.parent / "configs" / "benchmark.yaml", "ct_chest_cta"),
+    (HERE / "ct_abdomen_in_sample.yaml", "ct_abdomen"),
 ]
 
 
@@ -28,7 +31,6 @@ def main() -> None:
     import dataclasses
 
     from medidiff import benchmark
-    from medidiff.config import build_dataclass
     from medidiff.inference import Denoiser
     from medidiff.volume import Volume
 
@@ -38,11 +40,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[3])
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/reference"))
     args = parser.parse_args()
-    cfg = benchmark.load_benchmark_config(data_dir=args.data_dir)
-    cases = [build_dataclass(benchmark.CaseConfig, case, "cases", "case") for case in CASES]
-    cfg = dataclasses.replace(cfg, cases=cases)
+    samples = []
+    for config, name in CASES:
+        cfg = benchmark.load_benchmark_config(config, data_dir=args.data_dir)
+        # keep the case's index (it seeds the noise); the cases before it get one cheap level each
+        cases = [c if c.name == name else dataclasses.replace(c, noise_levels=[1]) for c in cfg.cases]
+        samples += [s for s in benchmark.make_samples(dataclasses.replace(cfg, cases=cases)) if s.case.name == name]
     den = Denoiser(model=args.model)
-    for sample in benchmark.make_samples(cfg):
+    for sample in samples:
         volume = Volume.from_array(sample.noisy, sample.affine, modality="CT")
         estimate = float(den.denoise_volume(volume, modality="CT", steps=1).sigma)
         head = f"{sample.case.name} {sample.level:g} HU (true {sample.sigma_true:.1f}, estimate {estimate:.1f})"
