@@ -32,6 +32,7 @@ def main() -> None:
 
     from medidiff import benchmark
     from medidiff.inference import Denoiser
+    from medidiff.noise import estimate_sigma
     from medidiff.volume import Volume
 
     parser = argparse.ArgumentParser()
@@ -49,7 +50,7 @@ def main() -> None:
     den = Denoiser(model=args.model)
     for sample in samples:
         volume = Volume.from_array(sample.noisy, sample.affine, modality="CT")
-        estimate = float(den.denoise_volume(volume, modality="CT", steps=1).sigma)
+        estimate = estimate_sigma(sample.noisy, "CT")  # what medidiff's default would use
         head = f"{sample.case.name} {sample.level:g} HU (true {sample.sigma_true:.1f}, estimate {estimate:.1f})"
         for steps in args.steps:
             for floor in args.floors:
