@@ -40,7 +40,7 @@ from medidiff.volume import Volume
 
 METHODS = (
     "medidiff", "medidiff-1step", "medidiff-fp32", "medidiff-sigma", "medidiff-3step", "medidiff-avg",
-    "medidiff-flips", "nlmeans", "nlmeans-classic", "tv", "wavelet", "bm4d",
+    "medidiff-flips", "medidiff-net", "nlmeans", "nlmeans-classic", "tv", "wavelet", "bm4d",
 )  # fmt: skip
 MEDIDIFF_METHODS = tuple(m for m in METHODS if m.startswith("medidiff"))
 CT_DISPLAY_WINDOW = (-200.0, 600.0)
@@ -374,6 +374,8 @@ def _medidiff_runner(
         kwargs["steps"] = 3
     elif name == "medidiff-flips":
         kwargs["flips"] = settings.flips
+    elif name == "medidiff-net":  # the network's estimate alone, without the guided averaging
+        kwargs["guided_radius"] = 0
     elif name == "medidiff-avg":
         kwargs["samples"] = cfg.quick.avg_samples if quick else settings.avg_samples
         kwargs["steps"] = settings.avg_steps
@@ -391,13 +393,18 @@ def _medidiff_runner(
 
 def _repeats_another_row(name: str, modality: str, cfg: BenchmarkConfig, methods: list[str]) -> bool:
     """True for a row that would repeat another: nlmeans-classic where nlmeans is classic already,
-    medidiff-1step / -3step where that is the modality's default step count."""
+    medidiff-1step / -3step where that is the modality's default step count, medidiff-net where the
+    modality's default has no guided averaging."""
     if name == "nlmeans-classic" and "nlmeans" in methods:
         return (cfg.classical.nlmeans_method_mr if modality == "MR" else cfg.classical.nlmeans_method_ct) == "classic"
     if name in ("medidiff-1step", "medidiff-3step") and "medidiff" in methods and cfg.medidiff.steps is None:
         from medidiff.inference import DEFAULT_STEPS
 
         return DEFAULT_STEPS[modality] == (1 if name == "medidiff-1step" else 3)
+    if name == "medidiff-net" and "medidiff" in methods:
+        from medidiff.inference import DEFAULT_GUIDED_RADIUS
+
+        return DEFAULT_GUIDED_RADIUS[modality] == 0
     return False
 
 

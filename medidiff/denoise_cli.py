@@ -42,6 +42,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         samples=args.samples,
         flips=args.flips,
+        guided_radius=args.guided_radius,
         strength=args.strength,
         seed=args.seed,
         roi_size=tuple(args.roi_size) if args.roi_size else None,
@@ -62,14 +63,15 @@ def run_denoise(args: argparse.Namespace) -> int:
     elif args.series is not None:
         raise MedidiffError("--series applies to a single DICOM folder input")
     denoiser = Denoiser(model=args.model, device=args.device)
-    run_options = {  # steps and sampler as given: their defaults depend on each scan's modality
-        k: getattr(args if k in ("steps", "sampler") else options, k)
+    run_options = {  # steps, sampler and guided radius as given: their defaults depend on each scan's modality
+        k: getattr(args if k in ("steps", "sampler", "guided_radius") else options, k)
         for k in (
             "sigma",
             "steps",
             "sampler",
             "samples",
             "flips",
+            "guided_radius",
             "strength",
             "seed",
             "roi_size",
@@ -109,10 +111,7 @@ def run_denoise(args: argparse.Namespace) -> int:
     if bids_root is not None:
         write_bids_description(bids_root)
     if len(jobs) > 1:
-        print(
-            f"{len(report.done)} denoised, {len(report.skipped)} skipped (done before), "
-            f"{len(report.failed)} failed"
-        )
+        print(f"{len(report.done)} denoised, {len(report.skipped)} skipped (done before), {len(report.failed)} failed")
     if report.failed:
         for source, why in report.failed:
             print(f"failed: {why}" if str(source) in why else f"failed: {source}: {why}", file=sys.stderr)

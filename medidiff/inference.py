@@ -34,6 +34,10 @@ MIN_SIZE = 8
 # as three on MR; on CT three steps are better, most of all when the estimated sigma is high
 DEFAULT_STEPS = {"MR": 1, "CT": 3}
 DEFAULT_SAMPLER = "euler"
+# guided averaging radius by modality (medidiff.refine): on for MR, whose noise is white; off for
+# CT, whose reconstructed noise is correlated across voxels, where it cost 0.2 dB at 55 HU
+DEFAULT_GUIDED_RADIUS = {"MR": 2, "CT": 0}
+MAX_GUIDED_RADIUS = 4
 # Mirror images for --flips, in the order used: each pair after the first flips complementary axes.
 MIRRORS: tuple[tuple[int, ...], ...] = ((), (0, 1, 2), (0,), (1, 2), (1,), (0, 2), (2,), (0, 1))
 DEFAULT_STOCHASTIC_STEPS = 4
@@ -54,6 +58,8 @@ class DenoiseOptions:
         samples: number of runs averaged; > 1 also gives the voxelwise standard deviation.
         flips: number of mirror images of the scan (``MIRRORS``, 1-8) each run is made on and
             averaged over, flipped back (test-time self-ensemble: ``flips`` times the work).
+        guided_radius: radius of the guided averaging of the noisy scan that follows the network
+            (:mod:`medidiff.refine`); 0 turns it off. None: 2 for MR, 0 for CT (``DEFAULT_GUIDED_RADIUS``).
         strength: extra re-noising before the reverse process, as a fraction of sigma (SDEdit).
         seed: seed of every random draw.
         roi_size: window size of the sliding-window inference (voxels); None: windows fitted to the
@@ -77,6 +83,7 @@ class DenoiseOptions:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     flips: int = 1
+    guided_radius: int | None = None
 
     @property
     def runs(self) -> int:
@@ -91,6 +98,11 @@ class DenoiseOptions:
         """
         from medidiff.sampling import SAMPLERS, STOCHASTIC
 
+        guided = self.guided_radius
+        if guided is None:
+            guided = DEFAULT_GUIDED_RADIUS.get(modality or "MR", 0)
+        if not 0 <= guided <= MAX_GUIDED_RADIUS:
+            raise MedidiffError(f"--guided-radius must be between 0 and {MAX_GUIDED_RADIUS}, got {guided}")
         if self.samples < 1:
             raise MedidiffError(f"--samples must be at least 1, got {self.samples}")
         if not 1 <= self.flips <= len(MIRRORS):
@@ -128,7 +140,7 @@ class DenoiseOptions:
             raise MedidiffError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise MedidiffError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
-        return dataclasses.replace(self, sampler=sampler, steps=steps)
+        return dataclasses.replace(self, sampler=sampler, steps=steps, guided_radius=guided)
 
 
 @dataclass
@@ -400,8 +412,10 @@ class Denoiser:
                 f"{volume.meta.source_path or 'input'}: shape {volume.spatial_shape} has an axis shorter than "
                 f"{MIN_SIZE} voxels (a 2D image or a thin slab); medidiff denoises 3D volumes"
             )
-        # runs > 1: the running mean and M2 and their update's temporaries; flips: the mirrored input and output
-        check_memory(volume.spatial_shape, copies=8 + (3 if opts.runs > 1 else 0) + (2 if opts.flips > 1 else 0))
+        # runs > 1: the running mean and M2 and their update's temporaries; flips: the mirrored input and
+        # output; guided averaging: padded copies of the scan and the estimate and its output
+        copies = 8 + (3 if opts.runs > 1 else 0) + (2 if opts.flips > 1 else 0) + (3 if opts.guided_radius else 0)
+        check_memory(volume.spatial_shape, copies=copies)
         loaded = self._model_for(modality)
         factor = _unet_factor(loaded)
         if opts.roi_size is not None and any(r % factor for r in opts.roi_size):
@@ -429,6 +443,7 @@ class Denoiser:
             "sampler": opts.sampler,
             "samples": opts.samples,
             "flips": opts.flips,
+            "guided_radius": opts.guided_radius,
             "strength": opts.strength,
             "seed": opts.seed,
             "roi_size": stats.pop("roi_size", None),  # None when no volume needed the network
@@ -492,7 +507,15 @@ class Denoiser:
                 runs.add((torch.flip(out, dims) if axes else out)[0, 0].numpy())
             stats["windows"] += windowed.windows
             stats["skipped_windows"] += windowed.skipped
-        mean = norm.denormalize(runs.mean)
+        mean = runs.mean
+        if opts.guided_radius:  # a second look at the scan, steered by the estimate (medidiff.refine)
+            from medidiff.refine import guided_average
+
+            box = _grow_box(content_box(content), roi, content.shape)
+            mean[box] = guided_average(
+                y[0, 0].numpy()[box], mean[box], sigma_y, rician=modality == "MR", radius=int(opts.guided_radius)
+            )
+        mean = norm.denormalize(mean)
         spread = runs.std * norm.scale
         mean = np.where(finite, mean, data)  # NaN/Inf stay where they were
         return mean.astype(np.float32), spread.astype(np.float32), float(sigma_y * norm.scale), ""

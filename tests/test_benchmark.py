@@ -40,6 +40,8 @@ class FakeDenoiser:
         info = {"steps": options.get("steps"), "samples": samples, "precision": options.get("precision")}
         if options.get("precision") == "fp32":  # tells the rows apart
             data = ndimage.gaussian_filter(volume.data[0], 1.2)
+        if options.get("guided_radius") == 0:
+            data = ndimage.gaussian_filter(volume.data[0], 0.3)
         sigma = options.get("sigma") or 0.042  # "estimates" 0.042 unless told
         return SimpleNamespace(volume=volume.with_data(data), uncertainty=spread, sigma=sigma, info=info)
 
@@ -191,6 +193,20 @@ def test_fp32_true_sigma_and_classic_nlm_rows(tmp_path: Path, monkeypatch: pytes
     assert by[("mr_tiny", 3.0, "medidiff")]["sigma_est"] == pytest.approx(0.042)
     assert by[("mr_tiny", 3.0, "medidiff")]["psnr"] != by[("mr_tiny", 3.0, "medidiff-fp32")]["psnr"]
     assert by[("mr_tiny", 3.0, "nlmeans")]["psnr"] != by[("mr_tiny", 3.0, "nlmeans-classic")]["psnr"]
+
+
+def test_network_only_row_is_made_where_the_default_has_guided_averaging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medidiff.inference
+
+    _synthetic_data(tmp_path / "data")
+    monkeypatch.setattr(medidiff.inference, "Denoiser", FakeDenoiser)
+    cfg = _config(tmp_path / "data", ["medidiff", "medidiff-net", "tv"], isolate=False)
+    rows = benchmark.run_benchmark(cfg, tmp_path / "out").rows
+    by = {(r["case"], r["method"]): r for r in rows}
+    assert by[("mr_tiny", "medidiff-net")]["psnr"] != by[("mr_tiny", "medidiff")]["psnr"]  # guided_radius=0 arrived
+    assert ("ct_tiny", "medidiff-net") not in by  # CT's default has no guided averaging: the row would repeat
 
 
 def test_a_failing_or_crashing_method_is_recorded_in_its_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

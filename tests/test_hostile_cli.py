@@ -281,6 +281,8 @@ def test_unreadable_input_and_config(tmp_path: Path, capsys, noisy_scan: Path, t
         (["--samples", "3", "--sampler", "euler"], "--samples"),
         (["--flips", "9"], "--flips"),
         (["--flips", "0"], "--flips"),
+        (["--guided-radius", "-1"], "--guided-radius"),
+        (["--guided-radius", "5"], "--guided-radius"),
         (["--batch-size", "-1"], "--batch-size"),
         (["--roi-size", "4", "4", "4"], "--roi-size"),
         (["--roi-size", "16", "16", "10"], "--roi-size"),  # the tiny U-Net needs multiples of 4
@@ -319,7 +321,8 @@ def test_flips_give_an_uncertainty_map_with_the_scan_geometry(tmp_path: Path, ca
     rc, _, err = call(capsys, "denoise", noisy_scan, "-o", out, "--model", tiny_model, "--flips", "2",
                       "--uncertainty", spread)
     assert rc == 0, err
-    assert json.loads((tmp_path / "o.json").read_text())["flips"] == 2
+    sidecar = json.loads((tmp_path / "o.json").read_text())
+    assert sidecar["flips"] == 2 and sidecar["guided_radius"] == 2  # the MR default
     src, unc = nib.load(noisy_scan), nib.load(spread)
     assert unc.shape == src.shape and np.array_equal(unc.affine, src.affine)
     assert float(np.asarray(unc.dataobj).max()) > 0

@@ -70,10 +70,11 @@ def test_flips_average_the_denoised_mirror_images(den: Denoiser) -> None:
 
     vol = _volume()
     axes = MIRRORS[1]
-    plain = den.denoise_volume(vol, sigma=0.05).volume.data[0]
+    net = dict(sigma=0.05, guided_radius=0)  # the network's estimates, before the guided averaging
+    plain = den.denoise_volume(vol, **net).volume.data[0]
     mirrored_in = vol.with_data(np.ascontiguousarray(np.flip(vol.data, [a + 1 for a in axes])))
-    mirrored = np.flip(den.denoise_volume(mirrored_in, sigma=0.05).volume.data[0], axes)
-    result = den.denoise_volume(vol, sigma=0.05, flips=2)
+    mirrored = np.flip(den.denoise_volume(mirrored_in, **net).volume.data[0], axes)
+    result = den.denoise_volume(vol, flips=2, **net)
     assert not np.allclose(plain, mirrored, atol=1e-4)  # the mirror image is a different estimate
     np.testing.assert_allclose(result.volume.data[0], (plain + mirrored) / 2, atol=1e-5)
     assert result.info["flips"] == 2 and result.uncertainty is not None
@@ -87,10 +88,23 @@ def test_all_eight_mirror_images_are_flipped_back_on_their_own_axes(den: Denoise
     runs = []
     for axes in MIRRORS:
         mirrored = vol.with_data(np.ascontiguousarray(np.flip(vol.data, [a + 1 for a in axes])))
-        runs.append(np.flip(den.denoise_volume(mirrored, sigma=0.05).volume.data[0], axes))
-    result = den.denoise_volume(vol, sigma=0.05, flips=8)
+        runs.append(np.flip(den.denoise_volume(mirrored, sigma=0.05, guided_radius=0).volume.data[0], axes))
+    result = den.denoise_volume(vol, sigma=0.05, flips=8, guided_radius=0)
     np.testing.assert_allclose(result.volume.data[0], np.mean(runs, axis=0), atol=1e-5)
     np.testing.assert_allclose(result.uncertainty.data[0], np.std(runs, axis=0), atol=1e-5)
+
+
+def test_mr_default_is_the_guided_average_of_the_scan_around_the_network_estimate(den: Denoiser) -> None:
+    from medidiff.refine import guided_average
+
+    vol = _volume()
+    net = den.denoise_volume(vol, sigma=0.05, guided_radius=0)
+    result = den.denoise_volume(vol, sigma=0.05)
+    assert result.info["guided_radius"] == 2 and net.info["guided_radius"] == 0
+    assert result.info["box"] == [[0, n] for n in vol.spatial_shape]  # the whole volume went through
+    expected = guided_average(vol.data[0], net.volume.data[0], 0.05, rician=True, radius=2)
+    np.testing.assert_allclose(result.volume.data[0], expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(result.volume.data[0], net.volume.data[0], atol=1e-3)
 
 
 def test_running_moments_match_numpy() -> None:
@@ -209,7 +223,7 @@ def test_content_mask_ignores_isolated_noise_and_keeps_a_margin() -> None:
     "bad",
     [dict(steps=0), dict(samples=0), dict(sampler="ddpm"), dict(overlap=1.5), dict(strength=-1.0),
      dict(sigma=-0.1), dict(roi_size=(4, 4, 4)), dict(samples=3, sampler="euler"), dict(precision="fp16"),
-     dict(flips=0), dict(flips=9)],
+     dict(flips=0), dict(flips=9), dict(guided_radius=-1), dict(guided_radius=5)],
 )
 def test_bad_options_name_themselves(bad: dict) -> None:
     with pytest.raises(MedidiffError):

@@ -1,0 +1,83 @@
+"""Guided averaging (medidiff.refine) and its place after the network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medidiff import refine
+from medidiff.errors import MedidiffError
+from medidiff.inference import DenoiseOptions
+from medidiff.noise import add_rician_numpy
+from medidiff.refine import guided_average
+
+
+def test_flat_guide_averages_white_noise_over_the_neighbourhood() -> None:
+    rng = np.random.default_rng(0)
+    clean = np.full((30, 30, 30), 0.5, np.float32)
+    noisy = clean + rng.normal(0, 0.05, clean.shape).astype(np.float32)
+    out = guided_average(noisy, clean, 0.05, rician=False, radius=2)
+    inner = (slice(2, -2),) * 3
+    # 125 equally weighted neighbours: the noise std falls by sqrt(125) = 11.2
+    assert float(np.std(out[inner])) == pytest.approx(0.05 / np.sqrt(125), rel=0.1)
+    assert float(np.mean(out[inner])) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_an_edge_in_the_guide_keeps_the_two_sides_apart() -> None:
+    rng = np.random.default_rng(1)
+    clean = np.zeros((20, 20, 20), np.float32)
+    clean[:, :, 10:] = 1.0  # a step 20 sigma high
+    noisy = clean + rng.normal(0, 0.05, clean.shape).astype(np.float32)
+    out = guided_average(noisy, clean, 0.05, rician=False, radius=2)
+    # next to the edge each side is still its own level: nothing leaks across (exp(-400) weights)
+    assert float(np.abs(out[:, :, 9].mean())) < 0.01
+    assert float(np.abs(out[:, :, 10].mean() - 1.0)) < 0.01
+    assert float(np.std(out[:, :, 9])) < 0.05 / 3  # and the noise was still averaged on its side
+
+
+def test_rician_mean_is_corrected_for_the_noise_floor() -> None:
+    clean = np.full((24, 24, 24), 0.1, np.float32)  # SNR 2: the plain mean of the magnitude is biased
+    sigma = 0.05
+    noisy = add_rician_numpy(clean, sigma, np.random.default_rng(2)).astype(np.float32)
+    inner = (slice(2, -2),) * 3
+    plain = guided_average(noisy, clean, sigma, rician=False)[inner].mean()
+    corrected = guided_average(noisy, clean, sigma, rician=True)[inner].mean()
+    assert plain > 0.11  # E|y| is above the signal at this SNR
+    assert corrected == pytest.approx(0.1, abs=0.006)
+
+
+def test_slabs_join_without_a_seam(monkeypatch) -> None:
+    rng = np.random.default_rng(3)
+    guide = rng.uniform(0, 1, (23, 9, 11)).astype(np.float32)
+    noisy = guide + rng.normal(0, 0.1, guide.shape).astype(np.float32)
+    whole = guided_average(noisy, guide, 0.1, rician=True, radius=2)
+    monkeypatch.setattr(refine, "SLAB", 5)  # 23 = 4 full slabs and one of 3
+    np.testing.assert_allclose(guided_average(noisy, guide, 0.1, rician=True, radius=2), whole, rtol=1e-6, atol=1e-7)
+
+
+def test_matches_a_direct_sum_at_one_voxel() -> None:
+    rng = np.random.default_rng(4)
+    guide = rng.uniform(0, 1, (9, 9, 9)).astype(np.float32)
+    noisy = guide + rng.normal(0, 0.2, guide.shape).astype(np.float32)
+    out = guided_average(noisy, guide, 0.2, rician=False, radius=1, strength=1.5)
+    c = (4, 5, 3)
+    block = (slice(3, 6), slice(4, 7), slice(2, 5))
+    w = np.exp(-((guide[block] - guide[c]) ** 2) / (1.5 * 0.2) ** 2)
+    assert out[c] == pytest.approx(float((w * noisy[block]).sum() / w.sum()), rel=1e-5)
+
+
+def test_radius_zero_returns_the_guide_and_shapes_must_match() -> None:
+    guide = np.ones((8, 8, 8), np.float32)
+    np.testing.assert_array_equal(guided_average(guide * 2, guide, 0.1, rician=True, radius=0), guide)
+    with pytest.raises(ValueError):
+        guided_average(guide[:4], guide, 0.1, rician=True)
+
+
+def test_default_radius_follows_the_modality_and_bad_values_are_refused() -> None:
+    assert DenoiseOptions().resolved("MR").guided_radius == 2
+    assert DenoiseOptions().resolved("CT").guided_radius == 0
+    assert DenoiseOptions(guided_radius=0).resolved("MR").guided_radius == 0
+    assert DenoiseOptions(guided_radius=3).resolved("CT").guided_radius == 3
+    for bad in (-1, 5):
+        with pytest.raises(MedidiffError, match="--guided-radius"):
+            DenoiseOptions(guided_radius=bad).resolved("MR")
