@@ -374,8 +374,9 @@ def _medidiff_runner(
         kwargs["steps"] = 3
     elif name == "medidiff-flips":
         kwargs["flips"] = settings.flips
-    elif name == "medidiff-net":  # the network's estimate alone, without the guided averaging
+    elif name == "medidiff-net":  # the network's estimate alone: no guided averaging, no blend
         kwargs["guided_radius"] = 0
+        kwargs["blend"] = 0.0
     elif name == "medidiff-avg":
         kwargs["samples"] = cfg.quick.avg_samples if quick else settings.avg_samples
         kwargs["steps"] = settings.avg_steps
@@ -394,7 +395,7 @@ def _medidiff_runner(
 def _repeats_another_row(name: str, modality: str, cfg: BenchmarkConfig, methods: list[str]) -> bool:
     """True for a row that would repeat another: nlmeans-classic where nlmeans is classic already,
     medidiff-1step / -3step where that is the modality's default step count, medidiff-net where the
-    modality's default has no guided averaging."""
+    modality's default is the network's estimate alone."""
     if name == "nlmeans-classic" and "nlmeans" in methods:
         return (cfg.classical.nlmeans_method_mr if modality == "MR" else cfg.classical.nlmeans_method_ct) == "classic"
     if name in ("medidiff-1step", "medidiff-3step") and "medidiff" in methods and cfg.medidiff.steps is None:
@@ -402,9 +403,9 @@ def _repeats_another_row(name: str, modality: str, cfg: BenchmarkConfig, methods
 
         return DEFAULT_STEPS[modality] == (1 if name == "medidiff-1step" else 3)
     if name == "medidiff-net" and "medidiff" in methods:
-        from medidiff.inference import DEFAULT_GUIDED_RADIUS
+        from medidiff.inference import DEFAULT_BLEND, DEFAULT_GUIDED_RADIUS
 
-        return DEFAULT_GUIDED_RADIUS[modality] == 0
+        return DEFAULT_GUIDED_RADIUS[modality] == 0 and DEFAULT_BLEND[modality] == 0
     return False
 
 

@@ -43,6 +43,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         samples=args.samples,
         flips=args.flips,
         guided_radius=args.guided_radius,
+        blend=args.blend,
         strength=args.strength,
         seed=args.seed,
         roi_size=tuple(args.roi_size) if args.roi_size else None,
@@ -63,8 +64,8 @@ def run_denoise(args: argparse.Namespace) -> int:
     elif args.series is not None:
         raise MedidiffError("--series applies to a single DICOM folder input")
     denoiser = Denoiser(model=args.model, device=args.device)
-    run_options = {  # steps, sampler and guided radius as given: their defaults depend on each scan's modality
-        k: getattr(args if k in ("steps", "sampler", "guided_radius") else options, k)
+    run_options = {  # steps, sampler, guided radius and blend as given: their defaults depend on each scan's modality
+        k: getattr(args if k in ("steps", "sampler", "guided_radius", "blend") else options, k)
         for k in (
             "sigma",
             "steps",
@@ -72,6 +73,7 @@ def run_denoise(args: argparse.Namespace) -> int:
             "samples",
             "flips",
             "guided_radius",
+            "blend",
             "strength",
             "seed",
             "roi_size",

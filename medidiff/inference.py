@@ -38,6 +38,9 @@ DEFAULT_SAMPLER = "euler"
 # CT, whose reconstructed noise is correlated across voxels, where it cost 0.2 dB at 55 HU
 DEFAULT_GUIDED_RADIUS = {"MR": 2, "CT": 0}
 MAX_GUIDED_RADIUS = 4
+# share of the input blended back into the output by modality: CT keeps a tenth of the scan, a light
+# version of the blending with FBP that CT readers know; measured in docs/design.md, section 4
+DEFAULT_BLEND = {"MR": 0.0, "CT": 0.1}
 # Mirror images for --flips, in the order used: each pair after the first flips complementary axes.
 MIRRORS: tuple[tuple[int, ...], ...] = ((), (0, 1, 2), (0,), (1, 2), (1,), (0, 2), (2,), (0, 1))
 DEFAULT_STOCHASTIC_STEPS = 4
@@ -60,6 +63,8 @@ class DenoiseOptions:
             averaged over, flipped back (test-time self-ensemble: ``flips`` times the work).
         guided_radius: radius of the guided averaging of the noisy scan that follows the network
             (:mod:`medidiff.refine`); 0 turns it off. None: 2 for MR, 0 for CT (``DEFAULT_GUIDED_RADIUS``).
+        blend: share ``F`` of the input in the output, ``(1 - F) * denoised + F * input`` (0-1). None:
+            0 for MR, 0.1 for CT (``DEFAULT_BLEND``).
         strength: extra re-noising before the reverse process, as a fraction of sigma (SDEdit).
         seed: seed of every random draw.
         roi_size: window size of the sliding-window inference (voxels); None: windows fitted to the
@@ -84,6 +89,7 @@ class DenoiseOptions:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     flips: int = 1
     guided_radius: int | None = None
+    blend: float | None = None
 
     @property
     def runs(self) -> int:
@@ -103,6 +109,9 @@ class DenoiseOptions:
             guided = DEFAULT_GUIDED_RADIUS.get(modality or "MR", 0)
         if not 0 <= guided <= MAX_GUIDED_RADIUS:
             raise MedidiffError(f"--guided-radius must be between 0 and {MAX_GUIDED_RADIUS}, got {guided}")
+        blend = self.blend if self.blend is not None else DEFAULT_BLEND.get(modality or "MR", 0.0)
+        if not 0 <= blend <= 1:
+            raise MedidiffError(f"--blend must lie in [0, 1], got {blend}")
         if self.samples < 1:
             raise MedidiffError(f"--samples must be at least 1, got {self.samples}")
         if not 1 <= self.flips <= len(MIRRORS):
@@ -140,7 +149,7 @@ class DenoiseOptions:
             raise MedidiffError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise MedidiffError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
-        return dataclasses.replace(self, sampler=sampler, steps=steps, guided_radius=guided)
+        return dataclasses.replace(self, sampler=sampler, steps=steps, guided_radius=guided, blend=blend)
 
 
 @dataclass
@@ -444,6 +453,7 @@ class Denoiser:
             "samples": opts.samples,
             "flips": opts.flips,
             "guided_radius": opts.guided_radius,
+            "blend": opts.blend,
             "strength": opts.strength,
             "seed": opts.seed,
             "roi_size": stats.pop("roi_size", None),  # None when no volume needed the network
@@ -515,8 +525,10 @@ class Denoiser:
             mean[box] = guided_average(
                 y[0, 0].numpy()[box], mean[box], sigma_y, rician=modality == "MR", radius=int(opts.guided_radius)
             )
+        if opts.blend:  # a share of the input back in
+            mean = (1.0 - opts.blend) * mean + opts.blend * y[0, 0].numpy()
         mean = norm.denormalize(mean)
-        spread = runs.std * norm.scale
+        spread = runs.std * (norm.scale * (1.0 - (opts.blend or 0.0)))
         mean = np.where(finite, mean, data)  # NaN/Inf stay where they were
         return mean.astype(np.float32), spread.astype(np.float32), float(sigma_y * norm.scale), ""
 

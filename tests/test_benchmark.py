@@ -40,7 +40,7 @@ class FakeDenoiser:
         info = {"steps": options.get("steps"), "samples": samples, "precision": options.get("precision")}
         if options.get("precision") == "fp32":  # tells the rows apart
             data = ndimage.gaussian_filter(volume.data[0], 1.2)
-        if options.get("guided_radius") == 0:
+        if options.get("guided_radius") == 0 and options.get("blend") == 0:
             data = ndimage.gaussian_filter(volume.data[0], 0.3)
         sigma = options.get("sigma") or 0.042  # "estimates" 0.042 unless told
         return SimpleNamespace(volume=volume.with_data(data), uncertainty=spread, sigma=sigma, info=info)
@@ -195,7 +195,7 @@ def test_fp32_true_sigma_and_classic_nlm_rows(tmp_path: Path, monkeypatch: pytes
     assert by[("mr_tiny", 3.0, "nlmeans")]["psnr"] != by[("mr_tiny", 3.0, "nlmeans-classic")]["psnr"]
 
 
-def test_network_only_row_is_made_where_the_default_has_guided_averaging(
+def test_network_only_row_is_made_where_the_default_adds_to_the_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import medidiff.inference
@@ -205,8 +205,12 @@ def test_network_only_row_is_made_where_the_default_has_guided_averaging(
     cfg = _config(tmp_path / "data", ["medidiff", "medidiff-net", "tv"], isolate=False)
     rows = benchmark.run_benchmark(cfg, tmp_path / "out").rows
     by = {(r["case"], r["method"]): r for r in rows}
-    assert by[("mr_tiny", "medidiff-net")]["psnr"] != by[("mr_tiny", "medidiff")]["psnr"]  # guided_radius=0 arrived
-    assert ("ct_tiny", "medidiff-net") not in by  # CT's default has no guided averaging: the row would repeat
+    for case in ("mr_tiny", "ct_tiny"):  # MR: guided averaging, CT: blend; guided_radius=0 arrived
+        assert by[(case, "medidiff-net")]["psnr"] != by[(case, "medidiff")]["psnr"]
+    # a modality whose default is the network alone gets no repeated row
+    monkeypatch.setitem(medidiff.inference.DEFAULT_BLEND, "CT", 0.0)
+    rows = benchmark.run_benchmark(cfg, tmp_path / "out2").rows
+    assert ("ct_tiny", "medidiff-net") not in {(r["case"], r["method"]) for r in rows}
 
 
 def test_a_failing_or_crashing_method_is_recorded_in_its_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

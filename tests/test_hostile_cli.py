@@ -283,6 +283,8 @@ def test_unreadable_input_and_config(tmp_path: Path, capsys, noisy_scan: Path, t
         (["--flips", "0"], "--flips"),
         (["--guided-radius", "-1"], "--guided-radius"),
         (["--guided-radius", "5"], "--guided-radius"),
+        (["--blend", "1.5"], "--blend"),
+        (["--blend", "-0.1"], "--blend"),
         (["--batch-size", "-1"], "--batch-size"),
         (["--roi-size", "4", "4", "4"], "--roi-size"),
         (["--roi-size", "16", "16", "10"], "--roi-size"),  # the tiny U-Net needs multiples of 4
@@ -322,10 +324,19 @@ def test_flips_give_an_uncertainty_map_with_the_scan_geometry(tmp_path: Path, ca
                       "--uncertainty", spread)
     assert rc == 0, err
     sidecar = json.loads((tmp_path / "o.json").read_text())
-    assert sidecar["flips"] == 2 and sidecar["guided_radius"] == 2  # the MR default
+    assert sidecar["flips"] == 2 and sidecar["guided_radius"] == 2 and sidecar["blend"] == 0.0  # MR defaults
     src, unc = nib.load(noisy_scan), nib.load(spread)
     assert unc.shape == src.shape and np.array_equal(unc.affine, src.affine)
     assert float(np.asarray(unc.dataobj).max()) > 0
+
+
+def test_blend_and_guided_radius_reach_the_denoiser(tmp_path: Path, capsys, noisy_scan: Path, tiny_model: Path):
+    out = tmp_path / "o.nii.gz"
+    rc, _, err = call(capsys, "denoise", noisy_scan, "-o", out, "--model", tiny_model, "--blend", "0.25",
+                      "--guided-radius", "1")
+    assert rc == 0, err
+    sidecar = json.loads((tmp_path / "o.json").read_text())
+    assert sidecar["blend"] == 0.25 and sidecar["guided_radius"] == 1
 
 
 def test_oversized_roi_is_fitted_to_the_scan(tmp_path: Path, capsys, noisy_scan: Path, tiny_model: Path):

@@ -107,6 +107,24 @@ def test_mr_default_is_the_guided_average_of_the_scan_around_the_network_estimat
     assert not np.allclose(result.volume.data[0], net.volume.data[0], atol=1e-3)
 
 
+def test_ct_default_blends_a_tenth_of_the_input_back(den: Denoiser) -> None:
+    vol = _volume()
+    ct = Volume.from_array(vol.data[0] * 2000.0 - 1000.0, vol.meta.affine, modality="CT")
+    net = den.denoise_volume(ct, blend=0.0)
+    result = den.denoise_volume(ct)
+    assert result.info["blend"] == 0.1 and result.info["guided_radius"] == 0
+    np.testing.assert_allclose(result.volume.data, 0.9 * net.volume.data + 0.1 * ct.data, rtol=1e-5, atol=1e-2)
+    assert den.denoise_volume(vol).info["blend"] == 0.0  # MR: none
+
+
+def test_blend_scales_the_uncertainty_with_the_denoised_share(den: Denoiser) -> None:
+    vol = _volume()
+    full = den.denoise_volume(vol, sigma=0.05, flips=2, guided_radius=0, blend=0.0)
+    half = den.denoise_volume(vol, sigma=0.05, flips=2, guided_radius=0, blend=0.5)
+    np.testing.assert_allclose(half.volume.data, 0.5 * full.volume.data + 0.5 * vol.data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(half.uncertainty.data, 0.5 * full.uncertainty.data, rtol=1e-5, atol=1e-7)
+
+
 def test_running_moments_match_numpy() -> None:
     from medidiff.inference import _RunningMoments
 
@@ -223,7 +241,8 @@ def test_content_mask_ignores_isolated_noise_and_keeps_a_margin() -> None:
     "bad",
     [dict(steps=0), dict(samples=0), dict(sampler="ddpm"), dict(overlap=1.5), dict(strength=-1.0),
      dict(sigma=-0.1), dict(roi_size=(4, 4, 4)), dict(samples=3, sampler="euler"), dict(precision="fp16"),
-     dict(flips=0), dict(flips=9), dict(guided_radius=-1), dict(guided_radius=5)],
+     dict(flips=0), dict(flips=9), dict(guided_radius=-1), dict(guided_radius=5),
+     dict(blend=-0.1), dict(blend=1.5)],
 )
 def test_bad_options_name_themselves(bad: dict) -> None:
     with pytest.raises(MedidiffError):
