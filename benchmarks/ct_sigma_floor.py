@@ -6,7 +6,8 @@ Usage: python benchmarks/ct_sigma_floor.py [--model MODEL] [--floors 0 10 15 20 
 Both reference CT scans (the held-out chest CTA and the abdomen the bundled CT model was trained
 on) get the same projection-domain noise at 25 and 50 HU as in ``configs/benchmark.yaml`` (chest)
 and ``benchmarks/ct_abdomen_in_sample.yaml`` (abdomen): the same draws, so the floor-0 rows repeat
-those benchmarks' ``medidiff`` rows. medidiff estimates sigma as usual; each row then denoises with
+those benchmarks' ``medidiff-net`` rows (no blend: the network's estimate). medidiff estimates
+sigma as usual; each row then denoises with
 ``sqrt(estimate^2 - floor^2)``, the noise a routine-dose scan would keep left in, and a last row
 uses the true sigma of the added noise. Scores are the benchmark's (HU window [-1000, 1000], body
 mask) against the reference scan, which carries noise of its own. docs/benchmarks.md quotes it.
@@ -55,10 +56,12 @@ def main() -> None:
         for steps in args.steps:
             for floor in args.floors:
                 sigma = float(np.sqrt(max(estimate**2 - floor**2, 1.0)))
-                out = den.denoise_volume(volume, modality="CT", steps=steps, sigma=sigma).volume.data[0]
+                out = den.denoise_volume(volume, modality="CT", steps=steps, sigma=sigma, blend=0.0).volume.data[0]
                 psnr, ssim = benchmark._score(sample, out)
                 print(f"{head}: steps {steps}, floor {floor:g} HU, sigma {sigma:.1f}: {psnr:.2f} dB / {ssim:.4f}")
-            out = den.denoise_volume(volume, modality="CT", steps=steps, sigma=sample.sigma_true).volume.data[0]
+            out = den.denoise_volume(
+                volume, modality="CT", steps=steps, sigma=sample.sigma_true, blend=0.0
+            ).volume.data[0]
             psnr, ssim = benchmark._score(sample, out)
             print(f"{head}: steps {steps}, true sigma: {psnr:.2f} dB / {ssim:.4f}", flush=True)
 

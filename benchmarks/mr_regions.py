@@ -3,9 +3,10 @@
 Usage: python benchmarks/mr_regions.py LEVEL MODEL [MODEL ...] [--data-dir DIR]
 
 LEVEL is the Rician sigma as a fraction of the 99.9th percentile (0.03 = 3 %); noise seed 0. Each
-MODEL (anything ``--model`` accepts) denoises the whole scan in one step given the true sigma,
-fp32; classic NLM gets the true sigma too. PSNR (peak 1) is reported over the benchmark's
-foreground mask and split into the brain eroded by 3 voxels and the outer shell, with the mean and
+MODEL (anything ``--model`` accepts) denoises the whole scan in one step given the true sigma
+(the network alone, no guided averaging), fp32; classic NLM gets the true sigma too. PSNR (peak 1)
+is reported over the benchmark's foreground mask and split into the brain eroded by 3 voxels and
+the outer shell, with the mean and
 RMSE in the mask's voxels that are exactly zero in the skull-stripped scan, and the RMSE by depth
 (distance to the outside of the brain, 1-6 voxels). docs/design.md, section 8, quotes its output.
 """
@@ -39,7 +40,9 @@ def main() -> None:
     y = add_rician_numpy(x, s, np.random.default_rng(0))
     outs = {
         spec: Denoiser(model=spec)
-        .denoise_volume(Volume.from_array(y, np.eye(4)), modality="MR", sigma=s, steps=1, precision="fp32")
+        .denoise_volume(
+            Volume.from_array(y, np.eye(4)), modality="MR", sigma=s, steps=1, precision="fp32", guided_radius=0
+        )
         .volume.data[0]
         for spec in args.models
     }

@@ -4,7 +4,8 @@ Usage: python benchmarks/window_size.py [--model MODEL] [--levels 3 9] [--thread
 
 The benchmark's MR case (Colin27, Rician noise at each level in % of the 99.9th percentile, the
 benchmark's noise seed and scoring: foreground PSNR at peak 1 and SSIM) is denoised with default
-settings (sigma estimated, one step, bf16 where the CPU has it) and each window setting below.
+settings (sigma estimated, one step, bf16 where the CPU has it) and each window setting below,
+without the guided averaging (``--guided-radius 0``): the windows shape the network's estimate.
 Prints a markdown table: PSNR / SSIM, wall seconds of the call, windows computed and skipped.
 Wall times are those of one call on this machine; run it on a quiet machine to compare them.
 docs/design.md (section 6, window size) and docs/benchmarks.md quote its output.
@@ -61,7 +62,7 @@ def main() -> None:
         for s in samples:
             vol = Volume.from_array(s.noisy, s.affine, modality="MR")
             t = time.perf_counter()
-            result = den.denoise_volume(vol, modality="MR", seed=cfg.seed, **options)
+            result = den.denoise_volume(vol, modality="MR", seed=cfg.seed, guided_radius=0, **options)
             wall = time.perf_counter() - t
             psnr, ssim = _score(s, result.volume.data[0])
             info = result.info
