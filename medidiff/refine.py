@@ -55,13 +55,15 @@ def guided_average(
     inv_h2 = 1.0 / (strength * sigma) ** 2
     r = radius
 
-    def padded(a: np.ndarray | torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(np.ascontiguousarray(a, np.float32) if isinstance(a, np.ndarray) else a)
+    def padded(a: np.ndarray, square: bool = False) -> torch.Tensor:
+        t = torch.from_numpy(np.array(a, dtype=np.float32))  # a copy, squared in place if asked
+        if square:
+            t.square_()
         return torch.nn.functional.pad(t[None, None], (r,) * 6, mode="replicate")[0, 0]
 
+    # memory: the two padded copies and the output, about three copies of the input
     g_all = padded(guide)
-    y_all = torch.from_numpy(np.ascontiguousarray(noisy, np.float32))
-    y_all = padded(y_all * y_all if rician else y_all)
+    y_all = padded(noisy, square=rician)
     X, Y, Z = guide.shape
     out = np.empty(guide.shape, np.float32)
     for start in range(0, X, SLAB):
