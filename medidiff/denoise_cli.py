@@ -64,7 +64,8 @@ def run_denoise(args: argparse.Namespace) -> int:
     elif args.series is not None:
         raise MedidiffError("--series applies to a single DICOM folder input")
     denoiser = Denoiser(model=args.model, device=args.device)
-    run_options = {  # steps, sampler, guided radius and blend as given: their defaults depend on each scan's modality
+    # steps, sampler, guided radius and blend as given: their defaults depend on each scan's modality
+    run_options = {
         k: getattr(args if k in ("steps", "sampler", "guided_radius", "blend") else options, k)
         for k in (
             "sigma",
@@ -113,7 +114,10 @@ def run_denoise(args: argparse.Namespace) -> int:
     if bids_root is not None:
         write_bids_description(bids_root)
     if len(jobs) > 1:
-        print(f"{len(report.done)} denoised, {len(report.skipped)} skipped (done before), {len(report.failed)} failed")
+        print(
+            f"{len(report.done)} denoised, {len(report.skipped)} skipped (done before), "
+            f"{len(report.failed)} failed"
+        )
     if report.failed:
         for source, why in report.failed:
             print(f"failed: {why}" if str(source) in why else f"failed: {source}: {why}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Guided averaging: a second look at the noisy scan, steered by the network's estimate.
 
-The one-step network estimate is sharp at edges but leaves low-amplitude, low-frequency noise in
-flat tissue (white matter), where averaging many noisy voxels would do better. ``guided_average``
+The one-step network estimate is sharp at edges but leaves residual noise in flat tissue (white
+matter), where averaging many noisy voxels does better. ``guided_average``
 replaces each voxel by a weighted mean of the *noisy* voxels in its ``(2r+1)^3`` neighbourhood, the
 weight of a neighbour falling with how far the estimate there differs from the estimate here
 (a joint bilateral filter whose range kernel looks at the denoised image, in the spirit of the
