@@ -7,8 +7,8 @@ Both reference CT scans (the held-out chest CTA and the abdomen the bundled CT m
 on) get the same projection-domain noise at 25 and 50 HU as in ``configs/benchmark.yaml`` (chest)
 and ``benchmarks/ct_abdomen_in_sample.yaml`` (abdomen): the same draws, so the floor-0 rows repeat
 those benchmarks' ``medidiff-net`` rows (no blend: the network's estimate). medidiff estimates
-sigma as usual; each row then denoises with
-``sqrt(estimate^2 - floor^2)``, the noise a routine-dose scan would keep left in, and a last row
+sigma as usual; each row then denoises with ``sqrt(estimate^2 - floor^2)``, the noise a
+routine-dose scan would keep left in, and a last row
 uses the true sigma of the added noise. Scores are the benchmark's (HU window [-1000, 1000], body
 mask) against the reference scan, which carries noise of its own. docs/benchmarks.md quotes it.
 """

@@ -6,9 +6,9 @@ LEVEL is the Rician sigma as a fraction of the 99.9th percentile (0.03 = 3 %); n
 MODEL (anything ``--model`` accepts) denoises the whole scan in one step given the true sigma
 (the network alone, no guided averaging), fp32; classic NLM gets the true sigma too. PSNR (peak 1)
 is reported over the benchmark's foreground mask and split into the brain eroded by 3 voxels and
-the outer shell, with the mean and
-RMSE in the mask's voxels that are exactly zero in the skull-stripped scan, and the RMSE by depth
-(distance to the outside of the brain, 1-6 voxels). docs/design.md, section 8, quotes its output.
+the outer shell, with the mean and RMSE in the mask's voxels that are exactly zero in the
+skull-stripped scan, and the RMSE by depth (distance to the outside of the brain, 1-6 voxels).
+docs/design.md, section 8, quotes its output.
 """
 
 from __future__ import annotations
