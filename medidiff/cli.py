@@ -243,7 +243,7 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
                    help="average over K mirror images of the scan, 1-8 (K times the work; default 1)")
     p.add_argument("--guided-radius", type=_nonneg_int, default=None, metavar="R",
                    help="after the network, average the noisy scan over a (2R+1)^3 neighbourhood weighted by the "
-                   "network's estimate; 0 turns it off (default: MR 2, CT 0)")
+                   "network's estimate and the scan's local means; 0 turns it off (default 2)")
     p.add_argument("--blend", type=_nonneg_float, default=None, metavar="F",
                    help="keep a share F (0-1) of the input: (1 - F) x denoised + F x input (default: MR 0, CT 0.1)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw")

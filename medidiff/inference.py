@@ -34,9 +34,9 @@ MIN_SIZE = 8
 # as three on MR; on CT three steps are better, most of all when the estimated sigma is high
 DEFAULT_STEPS = {"MR": 1, "CT": 3}
 DEFAULT_SAMPLER = "euler"
-# guided averaging radius by modality (medidiff.refine): on for MR, whose noise is white; off for
-# CT, whose reconstructed noise is correlated across voxels, where it cost 0.2 dB at 55 HU
-DEFAULT_GUIDED_RADIUS = {"MR": 2, "CT": 0}
+# guided averaging radius by modality (medidiff.refine), on for both; measured in docs/design.md,
+# section 4 (without the local-means term it cost CT 0.2 dB at 55 HU, its noise being correlated)
+DEFAULT_GUIDED_RADIUS = {"MR": 2, "CT": 2}
 MAX_GUIDED_RADIUS = 4
 # share of the input blended back into the output by modality: CT keeps a tenth of the scan, a light
 # version of the blending with FBP that CT readers know; measured in docs/design.md, section 4
@@ -62,7 +62,7 @@ class DenoiseOptions:
         flips: number of mirror images of the scan (``MIRRORS``, 1-8) each run is made on and
             averaged over, flipped back (test-time self-ensemble: ``flips`` times the work).
         guided_radius: radius of the guided averaging of the noisy scan that follows the network
-            (:mod:`medidiff.refine`); 0 turns it off. None: 2 for MR, 0 for CT (``DEFAULT_GUIDED_RADIUS``).
+            (:mod:`medidiff.refine`); 0 turns it off. None: 2 for MR and CT (``DEFAULT_GUIDED_RADIUS``).
         blend: share ``F`` of the input in the output, ``(1 - F) * denoised + F * input`` (0-1). None:
             0 for MR, 0.1 for CT (``DEFAULT_BLEND``).
         strength: extra re-noising before the reverse process, as a fraction of sigma (SDEdit).
@@ -422,8 +422,8 @@ class Denoiser:
                 f"{MIN_SIZE} voxels (a 2D image or a thin slab); medidiff denoises 3D volumes"
             )
         # runs > 1: the running mean and M2 and their update's temporaries; flips: the mirrored input and
-        # output; guided averaging: padded copies of the scan and the estimate and its output
-        copies = 8 + (3 if opts.runs > 1 else 0) + (2 if opts.flips > 1 else 0) + (3 if opts.guided_radius else 0)
+        # output; guided averaging: padded copies of the scan, its local means and the estimate, and its output
+        copies = 8 + (3 if opts.runs > 1 else 0) + (2 if opts.flips > 1 else 0) + (4 if opts.guided_radius else 0)
         check_memory(volume.spatial_shape, copies=copies)
         loaded = self._model_for(modality)
         factor = _unet_factor(loaded)

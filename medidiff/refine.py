@@ -22,8 +22,23 @@ import torch
 RADIUS = 2
 #: range-kernel width as a multiple of the noise sigma
 STRENGTH = 1.0
+#: Gaussian std in voxels of the local means of the noisy scan that also steer the weights (0: off)
+DATA_SMOOTHING = 0.75
+#: their range-kernel width as a multiple of the local means' own noise std
+DATA_WIDTH = 2.5
 #: voxels along the first axis per slab (memory stays a few slabs whatever the volume)
 SLAB = 24
+
+
+def smoothed_noise_factor(smoothing: float) -> float:
+    """Std of white noise after ``scipy.ndimage.gaussian_filter(.., smoothing)`` in 3D, per unit of sigma."""
+    from scipy import ndimage
+
+    n = 2 * int(np.ceil(4 * smoothing)) + 1
+    delta = np.zeros(n)
+    delta[n // 2] = 1.0
+    w = ndimage.gaussian_filter1d(delta, smoothing, mode="constant")
+    return float(np.sum(w**2) ** 1.5)
 
 
 def guided_average(
@@ -34,6 +49,8 @@ def guided_average(
     rician: bool,
     radius: int = RADIUS,
     strength: float = STRENGTH,
+    data_smoothing: float = DATA_SMOOTHING,
+    data_width: float = DATA_WIDTH,
 ) -> np.ndarray:
     """Weighted mean of ``noisy`` over each voxel's neighbourhood, weights from ``guide``.
 
@@ -44,6 +61,10 @@ def guided_average(
         rician: average ``y^2`` and remove the Rician bias ``2 sigma^2`` (MR magnitude images).
         radius: neighbourhood radius in voxels (0 returns ``guide``).
         strength: the range kernel's width ``h`` as a multiple of ``sigma``.
+        data_smoothing: when > 0, local means ``m`` of the noisy scan (Gaussian, this std in voxels)
+            steer the weights too: a second factor ``exp(-(m_j - m_i)^2 / (2 (c s_m)^2))``, ``s_m`` the
+            means' own noise std and ``c = data_width``. It keeps texture that the estimate smoothed.
+        data_width: ``c`` above.
 
     Returns:
         (X, Y, Z) float32 array.
@@ -54,6 +75,7 @@ def guided_average(
         return np.asarray(guide, np.float32)
     inv_h2 = 1.0 / (strength * sigma) ** 2
     r = radius
+    use_means = data_smoothing > 0
 
     def padded(a: np.ndarray, square: bool = False) -> torch.Tensor:
         t = torch.from_numpy(np.array(a, dtype=np.float32))  # a copy, squared in place if asked
@@ -64,6 +86,13 @@ def guided_average(
     # memory: the two padded copies and the output, about three copies of the input
     g_all = padded(guide)
     y_all = padded(noisy, square=rician)
+    if use_means:  # one more padded copy
+        from scipy import ndimage
+
+        means = ndimage.gaussian_filter(np.asarray(noisy, np.float32), data_smoothing, mode="nearest", truncate=4.0)
+        m_all = padded(means)
+        del means
+        inv_m2 = 1.0 / (2.0 * (data_width * sigma * smoothed_noise_factor(data_smoothing)) ** 2)
     X, Y, Z = guide.shape
     out = np.empty(guide.shape, np.float32)
     for start in range(0, X, SLAB):
@@ -71,12 +100,18 @@ def guided_average(
         g = g_all[start : start + n + 2 * r]
         y = y_all[start : start + n + 2 * r]
         centre = g[r : r + n, r : r + Y, r : r + Z]
+        if use_means:
+            m = m_all[start : start + n + 2 * r]
+            m_centre = m[r : r + n, r : r + Y, r : r + Z]
         num = torch.zeros_like(centre)
         den = torch.zeros_like(centre)
         for i in range(2 * r + 1):
             for j in range(2 * r + 1):
                 for k in range(2 * r + 1):
-                    w = torch.exp((g[i : i + n, j : j + Y, k : k + Z] - centre).square_().mul_(-inv_h2))
+                    e = (g[i : i + n, j : j + Y, k : k + Z] - centre).square_().mul_(-inv_h2)
+                    if use_means:
+                        e.sub_((m[i : i + n, j : j + Y, k : k + Z] - m_centre).square_().mul_(inv_m2))
+                    w = e.exp_()
                     den += w
                     num += w.mul_(y[i : i + n, j : j + Y, k : k + Z])
         mean = num.div_(den)

@@ -205,10 +205,11 @@ def test_network_only_row_is_made_where_the_default_adds_to_the_network(
     cfg = _config(tmp_path / "data", ["medidiff", "medidiff-net", "tv"], isolate=False)
     rows = benchmark.run_benchmark(cfg, tmp_path / "out").rows
     by = {(r["case"], r["method"]): r for r in rows}
-    for case in ("mr_tiny", "ct_tiny"):  # MR: guided averaging, CT: blend; guided_radius=0 arrived
+    for case in ("mr_tiny", "ct_tiny"):  # guided averaging (and the CT blend); guided_radius=0 arrived
         assert by[(case, "medidiff-net")]["psnr"] != by[(case, "medidiff")]["psnr"]
     # a modality whose default is the network alone gets no repeated row
     monkeypatch.setitem(medidiff.inference.DEFAULT_BLEND, "CT", 0.0)
+    monkeypatch.setitem(medidiff.inference.DEFAULT_GUIDED_RADIUS, "CT", 0)
     rows = benchmark.run_benchmark(cfg, tmp_path / "out2").rows
     assert ("ct_tiny", "medidiff-net") not in {(r["case"], r["method"]) for r in rows}
 
