@@ -60,7 +60,7 @@ def main() -> None:
     box = mask_box(mask, min_size=7)
     grad = ndimage.gaussian_gradient_magnitude(clean, 1.0)
     edges = np.quantile(grad[mask], [0, 0.25, 0.5, 0.75, 0.9, 1.0])
-    bins = [mask & (grad >= lo) & (grad <= hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    bins = [mask & (grad >= lo) & (grad <= hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     flat = bins[0]
 
     def high_pass(v: np.ndarray) -> np.ndarray:
@@ -69,10 +69,12 @@ def main() -> None:
     texture = high_pass(clean)
     noise = high_pass(noisy - clean)
     basis = np.stack([texture[flat], noise[flat]], 1).astype(np.float64)
-    print(f"Colin27 at {args.level:g} %: texture in the flattest quarter {np.sqrt(np.mean(texture[flat] ** 2)):.4f} RMS")
+    texture_rms = float(np.sqrt(np.mean(texture[flat] ** 2)))
+    print(f"Colin27 at {args.level:g} %: texture in the flattest quarter {texture_rms:.4f} RMS")
     print("SSIM by gradient bin: q1 (flattest quarter), q2, q3, q4 below the top tenth, top tenth")
     for name, out in outputs.items():
-        _, smap = structural_similarity(clean[box].astype(np.float64), out[box].astype(np.float64), data_range=1.0, full=True)
+        ref, test = clean[box].astype(np.float64), out[box].astype(np.float64)
+        _, smap = structural_similarity(ref, test, data_range=1.0, full=True)
         full = np.zeros(clean.shape)
         full[box] = smap
         ssim_bins = [float(full[b].mean()) for b in bins]

@@ -7,10 +7,14 @@ weight of a neighbour falling with how far the estimate there differs from the e
 (a joint bilateral filter whose range kernel looks at the denoised image, in the spirit of the
 prefiltered non-local means of Manjon et al. 2010). In flat tissue every neighbour counts and the
 noise averages away; across an edge the estimate differs by far more than ``h`` and the other side
-is left out. For Rician (MR magnitude) data the mean is taken of ``y^2`` and ``2 sigma^2`` is
-removed before the square root, the usual bias correction of Rician NLM.
+is left out. The estimate smooths fine texture, though, and a weight from it alone would average
+that texture away too; so a second factor compares local means of the noisy scan itself (a
+Gaussian of 0.75 voxels, whose own noise is a quarter of the scan's), which still see texture of
+a few voxels' scale that the estimate lost. For Rician (MR magnitude) data the mean is taken of
+``y^2`` and ``2 sigma^2`` is removed before the square root, the usual bias correction of Rician NLM.
 
-Measured on the held-out Colin27 brain and on the CT scans: docs/benchmarks.md.
+Measured on the held-out Colin27 brain and on the CT scans: docs/design.md (section 4) and
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
