@@ -56,7 +56,7 @@ def guided_average(
     data_smoothing: float = DATA_SMOOTHING,
     data_width: float = DATA_WIDTH,
 ) -> np.ndarray:
-    """Weighted mean of ``noisy`` over each voxel's neighbourhood, weights from ``guide``.
+    """Weighted mean of ``noisy`` over each voxel's neighbourhood, weights from ``guide`` and local means.
 
     Args:
         noisy: (X, Y, Z) scan, the network's input.
@@ -87,7 +87,7 @@ def guided_average(
             t.square_()
         return torch.nn.functional.pad(t[None, None], (r,) * 6, mode="replicate")[0, 0]
 
-    # memory: the two padded copies and the output, about three copies of the input
+    # memory: the padded copies (scan, estimate, local means) and the output, about four copies of the input
     g_all = padded(guide)
     y_all = padded(noisy, square=rician)
     if use_means:  # one more padded copy
