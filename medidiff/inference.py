@@ -499,7 +499,8 @@ class Denoiser:
         y = torch.from_numpy(norm.normalize(filled))[None, None]
         content = content_mask(y[0, 0].numpy(), max(0.05, 5.0 * sigma_y))
         base = window_base(cfg.data.patch_size)
-        roi = _window_size(content_box(content), content.shape, opts, base, _unet_factor(loaded))
+        extent = content_box(content)
+        roi = _window_size(extent, content.shape, opts, base, _unet_factor(loaded))
         runs = _RunningMoments()  # memory stays flat however many runs are averaged
         for axes in MIRRORS[: opts.flips]:  # each mirror image is denoised, then flipped back
             dims = [a + 2 for a in axes]
@@ -521,7 +522,7 @@ class Denoiser:
         if opts.guided_radius:  # a second look at the scan, steered by the estimate (medidiff.refine)
             from medidiff.refine import guided_average
 
-            box = _grow_box(content_box(content), roi, content.shape)
+            box = _grow_box(extent, roi, content.shape)  # the unmirrored windows' box
             mean[box] = guided_average(
                 y[0, 0].numpy()[box], mean[box], sigma_y, rician=modality == "MR", radius=int(opts.guided_radius)
             )
