@@ -30,6 +30,8 @@ STRENGTH = 1.0
 DATA_SMOOTHING = 0.75
 #: their range-kernel width as a multiple of the local means' own noise std
 DATA_WIDTH = 2.5
+#: Gaussian kernel extent of the local means, in stds (scipy's default, in both places it matters)
+TRUNCATE = 4.0
 #: voxels along the first axis per slab (memory stays a few slabs whatever the volume)
 SLAB = 24
 
@@ -38,10 +40,10 @@ def smoothed_noise_factor(smoothing: float) -> float:
     """Std of white noise after ``scipy.ndimage.gaussian_filter(.., smoothing)`` in 3D, per unit of sigma."""
     from scipy import ndimage
 
-    n = 2 * int(np.ceil(4 * smoothing)) + 1
+    n = 2 * int(np.ceil(TRUNCATE * smoothing)) + 1
     delta = np.zeros(n)
     delta[n // 2] = 1.0
-    w = ndimage.gaussian_filter1d(delta, smoothing, mode="constant")
+    w = ndimage.gaussian_filter1d(delta, smoothing, mode="constant", truncate=TRUNCATE)
     return float(np.sum(w**2) ** 1.5)
 
 
@@ -93,7 +95,8 @@ def guided_average(
     if use_means:  # one more padded copy
         from scipy import ndimage
 
-        means = ndimage.gaussian_filter(np.asarray(noisy, np.float32), data_smoothing, mode="nearest", truncate=4.0)
+        scan = np.asarray(noisy, np.float32)
+        means = ndimage.gaussian_filter(scan, data_smoothing, mode="nearest", truncate=TRUNCATE)
         m_all = padded(means)
         del means
         inv_m2 = 1.0 / (2.0 * (data_width * sigma * smoothed_noise_factor(data_smoothing)) ** 2)
