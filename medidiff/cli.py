@@ -184,13 +184,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _nonneg_int(text: str) -> int:
-    value = _whole_number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
 def _seed(text: str) -> int:
     value = _whole_number(text)
     if not 0 <= value < 2**63:
@@ -241,9 +234,9 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=_positive_int, default=1, help="average K stochastic runs")
     p.add_argument("--flips", type=_positive_int, default=1,
                    help="average over K mirror images of the scan, 1-8 (K times the work; default 1)")
-    p.add_argument("--guided-radius", type=_nonneg_int, default=None, metavar="R",
-                   help="after the network, average the noisy scan over a (2R+1)^3 neighbourhood weighted by the "
-                   "network's estimate and the scan's local means; 0 turns it off (default 2)")
+    p.add_argument("--guided-radius", type=_nonneg_float, default=None, metavar="R",
+                   help="after the network, average the noisy scan over a ball of R voxels weighted by the "
+                   "network's estimate and the scan's local means; 0 turns it off (default: MR 3.7, CT 3)")
     p.add_argument("--blend", type=_nonneg_float, default=None, metavar="F",
                    help="keep a share F (0-1) of the input: (1 - F) x denoised + F x input (default: MR 0, CT 0.1)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw")

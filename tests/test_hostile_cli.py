@@ -282,7 +282,9 @@ def test_unreadable_input_and_config(tmp_path: Path, capsys, noisy_scan: Path, t
         (["--flips", "9"], "--flips"),
         (["--flips", "0"], "--flips"),
         (["--guided-radius", "-1"], "--guided-radius"),
-        (["--guided-radius", "5"], "--guided-radius"),
+        (["--guided-radius", "6"], "--guided-radius"),
+        (["--guided-radius", "0.5"], "--guided-radius"),
+        (["--guided-radius", "two"], "--guided-radius"),
         (["--blend", "1.5"], "--blend"),
         (["--blend", "-0.1"], "--blend"),
         (["--batch-size", "-1"], "--batch-size"),
@@ -324,7 +326,7 @@ def test_flips_give_an_uncertainty_map_with_the_scan_geometry(tmp_path: Path, ca
                       "--uncertainty", spread)
     assert rc == 0, err
     sidecar = json.loads((tmp_path / "o.json").read_text())
-    assert sidecar["flips"] == 2 and sidecar["guided_radius"] == 2 and sidecar["blend"] == 0.0  # MR defaults
+    assert sidecar["flips"] == 2 and sidecar["guided_radius"] == 3.7 and sidecar["blend"] == 0.0  # MR defaults
     src, unc = nib.load(noisy_scan), nib.load(spread)
     assert unc.shape == src.shape and np.array_equal(unc.affine, src.affine)
     assert float(np.asarray(unc.dataobj).max()) > 0

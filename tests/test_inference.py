@@ -100,9 +100,9 @@ def test_mr_default_is_the_guided_average_of_the_scan_around_the_network_estimat
     vol = _volume()
     net = den.denoise_volume(vol, sigma=0.05, guided_radius=0)
     result = den.denoise_volume(vol, sigma=0.05)
-    assert result.info["guided_radius"] == 2 and net.info["guided_radius"] == 0
+    assert result.info["guided_radius"] == 3.7 and net.info["guided_radius"] == 0
     assert result.info["box"] == [[0, n] for n in vol.spatial_shape]  # the whole volume went through
-    expected = guided_average(vol.data[0], net.volume.data[0], 0.05, rician=True, radius=2)
+    expected = guided_average(vol.data[0], net.volume.data[0], 0.05, rician=True, radius=3.7)
     np.testing.assert_allclose(result.volume.data[0], expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(result.volume.data[0], net.volume.data[0], atol=1e-3)
 
@@ -112,7 +112,7 @@ def test_ct_default_blends_a_tenth_of_the_input_back(den: Denoiser) -> None:
     ct = Volume.from_array(vol.data[0] * 2000.0 - 1000.0, vol.meta.affine, modality="CT")
     net = den.denoise_volume(ct, blend=0.0)
     result = den.denoise_volume(ct)
-    assert result.info["blend"] == 0.1 and result.info["guided_radius"] == 2
+    assert result.info["blend"] == 0.1 and result.info["guided_radius"] == 3.0
     np.testing.assert_allclose(result.volume.data, 0.9 * net.volume.data + 0.1 * ct.data, rtol=1e-5, atol=1e-2)
     assert den.denoise_volume(vol).info["blend"] == 0.0  # MR: none
 
@@ -241,7 +241,7 @@ def test_content_mask_ignores_isolated_noise_and_keeps_a_margin() -> None:
     "bad",
     [dict(steps=0), dict(samples=0), dict(sampler="ddpm"), dict(overlap=1.5), dict(strength=-1.0),
      dict(sigma=-0.1), dict(roi_size=(4, 4, 4)), dict(samples=3, sampler="euler"), dict(precision="fp16"),
-     dict(flips=0), dict(flips=9), dict(guided_radius=-1), dict(guided_radius=5),
+     dict(flips=0), dict(flips=9), dict(guided_radius=-1), dict(guided_radius=0.5), dict(guided_radius=6),
      dict(blend=-0.1), dict(blend=1.5)],
 )
 def test_bad_options_name_themselves(bad: dict) -> None:
