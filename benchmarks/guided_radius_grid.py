@@ -21,12 +21,9 @@ quotes the output.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
+from mr_training_scans import SCANS, parse_args, training_scans
 
-SCANS = ("seg3d_T1_head.nii.gz", "rorden_clinical_T2_1mm.nii.gz")
 BASE = (3.0, 1.0, 2.5)
 # (radius in voxels, strength, local-means width)
 GRID = (BASE, (2.0, 1.0, 2.5), (3.5, 1.0, 2.5), (3.7, 1.0, 2.5), (4.0, 1.0, 2.5), (3.7, 0.9, 2.5), (3.7, 1.0, 3.0))
@@ -45,23 +42,15 @@ def recorrupt(r: np.ndarray, own: float, level: float, seed: list[int]) -> tuple
 def main() -> None:
     from medidiff import metrics
     from medidiff.inference import Denoiser
-    from medidiff.io import read_volume
     from medidiff.noise import estimate_sigma
     from medidiff.refine import guided_average
     from medidiff.volume import Volume
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/reference"))
-    parser.add_argument("--levels", type=float, nargs="+", default=[3.0, 5.0, 9.0])
-    args = parser.parse_args()
-
+    args = parse_args()
     denoiser = Denoiser(model="mr")
     scores: dict[tuple, tuple[float, float]] = {}
-    for scan in SCANS:
-        r = read_volume(str(Path(args.data_dir) / scan)).data[0].astype(np.float32)
-        r /= np.percentile(r, 99.9)
+    for scan, r, mask in training_scans(args.data_dir):
         own = estimate_sigma(r, "MR")
-        mask = metrics.foreground_mask(r, "MR", slice_axis=2)
         for level in args.levels:
             y, target, target_var = recorrupt(r, own, level / 100, [11, int(level)])
             sigma = estimate_sigma(y, "MR")
@@ -79,7 +68,8 @@ def main() -> None:
                       flush=True)
     print("change against radius 3 (strength 1, width 2.5), over both scans and all levels: PSNR dB, SSIM")
     for setting in GRID[1:]:
-        d = np.array([np.subtract(scores[(s, lv, setting)], scores[(s, lv, BASE)]) for s in SCANS for lv in args.levels])
+        d = np.array([np.subtract(scores[(s, lv, setting)], scores[(s, lv, BASE)])
+                      for s in SCANS for lv in args.levels])
         print(f"radius {setting[0]} strength {setting[1]} width {setting[2]}: mean {d[:, 0].mean():+.3f} / "
               f"{d[:, 1].mean():+.4f}, worst {d[:, 0].min():+.3f} / {d[:, 1].min():+.4f}")
 
