@@ -312,6 +312,18 @@ def ssim(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None
     Returns:
         Mean SSIM over the mask (unitless, at most 1).
     """
+    m = _full_mask(mask, np.shape(reference))
+    box, smap = ssim_map(reference, test, m, data_range=data_range)
+    return float(np.mean(smap[m[box]]))
+
+
+def ssim_map(
+    reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None, *, data_range: float
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The SSIM map that :func:`ssim` averages: the mask's bounding box and the map over that box.
+
+    For SSIM over parts of the mask (regions, bins) with the same conventions as :func:`ssim`.
+    """
     from skimage.metrics import structural_similarity
 
     _check_pair(np.asarray(reference), np.asarray(test), data_range)
@@ -324,7 +336,7 @@ def ssim(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None
     ref = np.asarray(reference, dtype=np.float64)[box]
     tst = np.asarray(test, dtype=np.float64)[box]
     _, smap = structural_similarity(ref, tst, data_range=float(data_range), full=True)
-    return float(np.mean(smap[m[box]]))
+    return box, smap
 
 
 def ssim_monai(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None, *, data_range: float) -> float:
