@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from medidiff import refine
 from medidiff.errors import MedidiffError
 from medidiff.volume import Volume
 
@@ -36,7 +37,7 @@ DEFAULT_STEPS = {"MR": 1, "CT": 3}
 DEFAULT_SAMPLER = "euler"
 # guided averaging radius in voxels by modality (medidiff.refine: a ball, 203 voxels for MR, 123 for
 # CT), on for both; measured in docs/design.md, section 4
-DEFAULT_GUIDED_RADIUS = {"MR": 3.7, "CT": 3.0}
+DEFAULT_GUIDED_RADIUS = {"MR": refine.RADIUS, "CT": 3.0}
 MAX_GUIDED_RADIUS = 5.0
 # share of the input blended back into the output by modality: CT keeps a tenth of the scan, a light
 # version of the blending with FBP that CT readers know; measured in docs/design.md, section 4
@@ -523,10 +524,8 @@ class Denoiser:
             stats["skipped_windows"] += windowed.skipped
         mean = runs.mean
         if opts.guided_radius:  # a second look at the scan, steered by the estimate (medidiff.refine)
-            from medidiff.refine import guided_average
-
             box = _grow_box(extent, roi, content.shape)  # the unmirrored windows' box
-            mean[box] = guided_average(
+            mean[box] = refine.guided_average(
                 y[0, 0].numpy()[box], mean[box], sigma_y, rician=modality == "MR", radius=opts.guided_radius
             )
         if opts.blend:  # a share of the input back in

@@ -24,7 +24,7 @@ import itertools
 import numpy as np
 import torch
 
-#: neighbourhood radius in voxels: a ball of 203 voxels (MR; the CT default is set in medidiff.inference)
+#: neighbourhood radius in voxels: a ball of 203 voxels (the MR default; CT's is in medidiff.inference)
 RADIUS = 3.7
 #: range-kernel width as a multiple of the noise sigma
 STRENGTH = 1.0
