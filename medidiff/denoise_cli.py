@@ -44,6 +44,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         flips=args.flips,
         guided_radius=args.guided_radius,
         blend=args.blend,
+        network_sigma_scale=args.network_sigma_scale,
         strength=args.strength,
         seed=args.seed,
         roi_size=tuple(args.roi_size) if args.roi_size else None,
@@ -64,9 +65,11 @@ def run_denoise(args: argparse.Namespace) -> int:
     elif args.series is not None:
         raise MedidiffError("--series applies to a single DICOM folder input")
     denoiser = Denoiser(model=args.model, device=args.device)
-    # steps, sampler, guided radius and blend as given: their defaults depend on each scan's modality
+    # steps, sampler, guided radius, blend and network sigma scale as given: their defaults depend on
+    # each scan's modality
+    by_modality = ("steps", "sampler", "guided_radius", "blend", "network_sigma_scale")
     run_options = {
-        k: getattr(args if k in ("steps", "sampler", "guided_radius", "blend") else options, k)
+        k: getattr(args if k in by_modality else options, k)
         for k in (
             "sigma",
             "steps",
@@ -75,6 +78,7 @@ def run_denoise(args: argparse.Namespace) -> int:
             "flips",
             "guided_radius",
             "blend",
+            "network_sigma_scale",
             "strength",
             "seed",
             "roi_size",

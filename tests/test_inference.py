@@ -117,6 +117,25 @@ def test_ct_default_blends_a_tenth_of_the_input_back(den: Denoiser) -> None:
     assert den.denoise_volume(vol).info["blend"] == 0.0  # MR: none
 
 
+def test_network_is_told_the_scaled_sigma_and_the_steps_after_it_the_estimate(den: Denoiser) -> None:
+    from medidiff.refine import guided_average
+
+    vol = _volume()
+    assert DenoiseOptions().resolved("MR").network_sigma_scale == 1.1
+    assert DenoiseOptions().resolved("CT").network_sigma_scale == 1.0
+    assert DenoiseOptions(network_sigma_scale=1.3).resolved("CT").network_sigma_scale == 1.3
+    scaled = den.denoise_volume(vol, sigma=0.05, guided_radius=0)  # the MR default, 1.1
+    told = den.denoise_volume(vol, sigma=0.055, guided_radius=0, network_sigma_scale=1.0)
+    plain = den.denoise_volume(vol, sigma=0.05, guided_radius=0, network_sigma_scale=1.0)
+    assert scaled.info["network_sigma_scale"] == 1.1 and scaled.sigma == pytest.approx(0.05, rel=1e-6)
+    np.testing.assert_allclose(scaled.volume.data, told.volume.data, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(scaled.volume.data, plain.volume.data, atol=1e-4)
+    # guided averaging works at the estimate, not at the network's scaled level
+    result = den.denoise_volume(vol, sigma=0.05)
+    expected = guided_average(vol.data[0], scaled.volume.data[0], 0.05, rician=True, radius=3.7)
+    np.testing.assert_allclose(result.volume.data[0], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_blend_scales_the_uncertainty_with_the_denoised_share(den: Denoiser) -> None:
     vol = _volume()
     full = den.denoise_volume(vol, sigma=0.05, flips=2, guided_radius=0, blend=0.0)
@@ -242,7 +261,8 @@ def test_content_mask_ignores_isolated_noise_and_keeps_a_margin() -> None:
     [dict(steps=0), dict(samples=0), dict(sampler="ddpm"), dict(overlap=1.5), dict(strength=-1.0),
      dict(sigma=-0.1), dict(roi_size=(4, 4, 4)), dict(samples=3, sampler="euler"), dict(precision="fp16"),
      dict(flips=0), dict(flips=9), dict(guided_radius=-1), dict(guided_radius=0.5), dict(guided_radius=6),
-     dict(blend=-0.1), dict(blend=1.5)],
+     dict(blend=-0.1), dict(blend=1.5), dict(network_sigma_scale=0.4), dict(network_sigma_scale=2.5),
+     dict(network_sigma_scale=float("nan"))],
 )
 def test_bad_options_name_themselves(bad: dict) -> None:
     with pytest.raises(MedidiffError):
