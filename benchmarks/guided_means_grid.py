@@ -44,7 +44,9 @@ def main() -> None:
             y = add_rician_numpy(x, level / 100, np.random.default_rng([7, int(level)])).astype(np.float32)
             sigma = estimate_sigma(y, "MR")
             volume = Volume.from_array(y, np.eye(4), modality="MR")
-            estimate = denoiser.denoise_volume(volume, sigma=sigma, guided_radius=0).volume.data[0]
+            estimate = denoiser.denoise_volume(
+                volume, sigma=sigma, guided_radius=0, network_sigma_scale=1.0  # at the estimate, as measured
+            ).volume.data[0]
             for setting in GRID:
                 sm, c, a = setting
                 out = guided_average(y, estimate, sigma, rician=True, strength=a, data_smoothing=sm, data_width=c)

@@ -55,7 +55,9 @@ def main() -> None:
             y, target, target_var = recorrupt(r, own, level / 100, [11, int(level)])
             sigma = estimate_sigma(y, "MR")
             volume = Volume.from_array(y, np.eye(4), modality="MR")
-            estimate = denoiser.denoise_volume(volume, sigma=sigma, guided_radius=0).volume.data[0]
+            estimate = denoiser.denoise_volume(
+                volume, sigma=sigma, guided_radius=0, network_sigma_scale=1.0  # at the estimate, as measured
+            ).volume.data[0]
             print(f"{scan} {level:g} %: own noise {own:.4f}, sigma estimated {sigma:.4f}", flush=True)
             for setting in GRID:
                 radius, strength, width = setting

@@ -67,7 +67,8 @@ def main() -> None:
     for spec in args.models:
         den = Denoiser(model=spec)
         row(spec, lambda y, s, den=den: den.denoise_volume(
-            Volume.from_array(y, np.eye(4)), modality="MR", sigma=s, steps=1, precision="fp32", guided_radius=0
+            Volume.from_array(y, np.eye(4)), modality="MR", sigma=s, steps=1, precision="fp32", guided_radius=0,
+            network_sigma_scale=1.0,  # the model itself, at the given sigma
         ).volume.data[0])
     if args.anchors:
         from dipy.denoise.nlmeans import nlmeans

@@ -41,7 +41,8 @@ def main() -> None:
     outs = {
         spec: Denoiser(model=spec)
         .denoise_volume(
-            Volume.from_array(y, np.eye(4)), modality="MR", sigma=s, steps=1, precision="fp32", guided_radius=0
+            Volume.from_array(y, np.eye(4)), modality="MR", sigma=s, steps=1, precision="fp32", guided_radius=0,
+            network_sigma_scale=1.0,  # the model itself, at the given sigma
         )
         .volume.data[0]
         for spec in args.models

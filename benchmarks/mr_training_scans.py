@@ -1,13 +1,13 @@
 """The MR training scans of the bundled model, as the guided-averaging grids read them.
 
-Shared by ``guided_means_grid.py`` and ``guided_radius_grid.py`` (run them from the repository root
-as ``python benchmarks/NAME.py``; this module sits beside them).
+Shared by ``guided_means_grid.py``, ``guided_radius_grid.py`` and ``network_sigma_scale.py`` (run
+them from the repository root as ``python benchmarks/NAME.py``; this module sits beside them).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,14 @@ import numpy as np
 SCANS = ("seg3d_T1_head.nii.gz", "rorden_clinical_T2_1mm.nii.gz")
 
 
-def parse_args() -> argparse.Namespace:
-    """``--data-dir`` (default ../shared/data/reference beside the checkout) and ``--levels`` in percent."""
+def parse_args(add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """``--data-dir`` (default ../shared/data/reference beside the checkout), ``--levels`` in percent,
+    and whatever ``add`` puts on the parser."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/reference"))
     parser.add_argument("--levels", type=float, nargs="+", default=[3.0, 5.0, 9.0])
+    if add is not None:
+        add(parser)
     return parser.parse_args()
 
 

@@ -62,7 +62,8 @@ def main() -> None:
         for s in samples:
             vol = Volume.from_array(s.noisy, s.affine, modality="MR")
             t = time.perf_counter()
-            result = den.denoise_volume(vol, modality="MR", seed=cfg.seed, guided_radius=0, **options)
+            result = den.denoise_volume(vol, modality="MR", seed=cfg.seed, guided_radius=0,
+                                     network_sigma_scale=1.0, **options)
             wall = time.perf_counter() - t
             psnr, ssim = _score(s, result.volume.data[0])
             info = result.info

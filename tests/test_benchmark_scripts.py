@@ -1,0 +1,52 @@
+"""The scoring helpers of the scripts in benchmarks/ that docs/design.md quotes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from guided_radius_grid import recorrupt  # noqa: E402
+from network_sigma_scale import ssim_noisy_reference  # noqa: E402
+
+from medidiff import metrics  # noqa: E402
+from medidiff.phantom import head_phantom  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    clean = head_phantom((40, 48, 40), seed=3).astype(np.float64)
+    clean /= np.percentile(clean, 99.9)
+    test = clean + np.random.default_rng(1).normal(0.0, 0.03, clean.shape)
+    return clean, test, metrics.foreground_mask(clean, "MR")
+
+
+def test_ssim_against_a_clean_target_is_the_benchmark_ssim(pair) -> None:
+    clean, test, mask = pair
+    expected = metrics.ssim(clean, test, mask, data_range=1.0)
+    assert ssim_noisy_reference(clean, test, mask, 0.0) == pytest.approx(expected, abs=1e-12)
+
+
+def test_ssim_against_a_noisy_target_is_corrected_back_towards_the_clean_one(pair) -> None:
+    clean, test, mask = pair
+    truth = metrics.ssim(clean, test, mask, data_range=1.0)
+    s = 0.04
+    noisy_target = clean + np.random.default_rng(2).normal(0.0, s, clean.shape)
+    naive = ssim_noisy_reference(noisy_target, test, mask, 0.0)
+    corrected = ssim_noisy_reference(noisy_target, test, mask, s * s)
+    assert naive < truth - 0.01  # the target's noise costs the naive score
+    assert abs(corrected - truth) < 0.005
+
+
+def test_recorrupted_input_and_target_have_uncorrelated_noise_of_the_stated_size() -> None:
+    # a bright scan (the Rician input is close to Gaussian there) with noise of its own, 0.02
+    r = (0.6 + np.random.default_rng(5).normal(0.0, 0.02, (48, 48, 48))).astype(np.float32)
+    y, target, target_var = recorrupt(r, own=0.02, level=0.05, seed=[0, 1])
+    n_in, n_t = (y - 0.6).ravel(), (target - 0.6).ravel()  # both noises, the scan's own included
+    assert float(np.std(n_in)) == pytest.approx(0.05, rel=0.03)
+    assert float(np.var(n_t)) == pytest.approx(target_var, rel=0.03)
+    assert abs(float(np.corrcoef(n_in, n_t)[0, 1])) < 0.02
