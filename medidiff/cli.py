@@ -374,11 +374,20 @@ _ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it is None (its help then says what None means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="medidiff",
         description="Denoise 3D MRI and CT scans with a noise-matched diffusion model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelp,
     )
     parser.add_argument("--version", action="version", version=f"medidiff {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -386,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in _ADDERS:
         add(sub)
     for p in sub.choices.values():
-        p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+        p.formatter_class = _DefaultsHelp
         if not any(a.dest == "debug" for a in p._actions):
             p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return parser

@@ -673,3 +673,12 @@ def test_repo_has_no_pickle_loading():
     for forbidden in (r"torch\.load\(", r"pickle\.loads?\(", r"yaml\.load\(", r"yaml\.unsafe_load",
                       r"(?<![.\w])eval\(", r"(?<![.\w])exec\(", r"allow_pickle\s*=\s*True"):
         assert not re.search(forbidden, sources), forbidden
+
+
+def test_help_gives_defaults_without_a_meaningless_none(capsys):
+    from medidiff.cli import build_parser
+
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["denoise"].format_help().split())
+    assert "(default: None)" not in text
+    assert "(default: MR 1.1, CT 1)" in text  # the help of a modality-dependent default says it
+    assert "(default: 0.2)" in text  # a plain default is still shown
