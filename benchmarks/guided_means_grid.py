@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from mr_training_scans import SCANS, parse_args, training_scans
+from mr_training_scans import SCANS, network_estimate, parse_args, training_scans
 
 OFF = (0.0, 2.5, 1.0)
 # at the strength of the term-free filter (1), then two other strengths around the chosen point
@@ -34,7 +34,6 @@ def main() -> None:
     from medidiff.inference import Denoiser
     from medidiff.noise import add_rician_numpy, estimate_sigma
     from medidiff.refine import guided_average
-    from medidiff.volume import Volume
 
     args = parse_args()
     denoiser = Denoiser(model="mr")
@@ -43,10 +42,7 @@ def main() -> None:
         for level in args.levels:
             y = add_rician_numpy(x, level / 100, np.random.default_rng([7, int(level)])).astype(np.float32)
             sigma = estimate_sigma(y, "MR")
-            volume = Volume.from_array(y, np.eye(4), modality="MR")
-            estimate = denoiser.denoise_volume(
-                volume, sigma=sigma, guided_radius=0, network_sigma_scale=1.0  # at the estimate, as measured
-            ).volume.data[0]
+            estimate = network_estimate(denoiser, y, sigma, scale=1.0)  # at the estimate, as measured
             for setting in GRID:
                 sm, c, a = setting
                 out = guided_average(y, estimate, sigma, rician=True, strength=a, data_smoothing=sm, data_width=c)

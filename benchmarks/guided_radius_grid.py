@@ -22,7 +22,7 @@ quotes the output.
 from __future__ import annotations
 
 import numpy as np
-from mr_training_scans import SCANS, parse_args, training_scans
+from mr_training_scans import SCANS, network_estimate, parse_args, training_scans
 
 BASE = (3.0, 1.0, 2.5)
 # (radius in voxels, strength, local-means width)
@@ -39,12 +39,17 @@ def recorrupt(r: np.ndarray, own: float, level: float, seed: list[int]) -> tuple
     return y, (r - z1 / a).astype(np.float32), own**2 * (1.0 + 1.0 / a**2)
 
 
+def recorrupted_psnr(out: np.ndarray, target: np.ndarray, mask: np.ndarray, target_var: float) -> float:
+    """PSNR (peak 1) over ``mask`` from the squared error against ``target`` less its noise variance."""
+    mse = float(np.mean((out - target)[mask].astype(np.float64) ** 2)) - target_var
+    return 10.0 * np.log10(1.0 / mse)
+
+
 def main() -> None:
     from medidiff import metrics
     from medidiff.inference import Denoiser
     from medidiff.noise import estimate_sigma
     from medidiff.refine import guided_average
-    from medidiff.volume import Volume
 
     args = parse_args()
     denoiser = Denoiser(model="mr")
@@ -54,17 +59,14 @@ def main() -> None:
         for level in args.levels:
             y, target, target_var = recorrupt(r, own, level / 100, [11, int(level)])
             sigma = estimate_sigma(y, "MR")
-            volume = Volume.from_array(y, np.eye(4), modality="MR")
-            estimate = denoiser.denoise_volume(
-                volume, sigma=sigma, guided_radius=0, network_sigma_scale=1.0  # at the estimate, as measured
-            ).volume.data[0]
+            estimate = network_estimate(denoiser, y, sigma, scale=1.0)  # at the estimate, as measured
             print(f"{scan} {level:g} %: own noise {own:.4f}, sigma estimated {sigma:.4f}", flush=True)
             for setting in GRID:
                 radius, strength, width = setting
                 out = guided_average(y, estimate, sigma, rician=True, radius=radius, strength=strength,
                                      data_width=width)
-                mse = float(np.mean((out - target)[mask].astype(np.float64) ** 2)) - target_var
-                score = (10.0 * np.log10(1.0 / mse), metrics.ssim(target, out, mask, data_range=1.0))
+                score = (recorrupted_psnr(out, target, mask, target_var),
+                         metrics.ssim(target, out, mask, data_range=1.0))
                 scores[(scan, level, setting)] = score
                 print(f"  radius {radius} strength {strength} width {width}: {score[0]:.3f} dB / {score[1]:.4f}",
                       flush=True)

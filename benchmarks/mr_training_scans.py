@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,14 @@ def parse_args(add: Callable[[argparse.ArgumentParser], None] | None = None) -> 
     if add is not None:
         add(parser)
     return parser.parse_args()
+
+
+def network_estimate(denoiser: Any, y: np.ndarray, sigma: float, scale: float) -> np.ndarray:
+    """The bundled MR model's estimate of ``y`` without guided averaging, told ``scale x sigma``."""
+    from medidiff.volume import Volume
+
+    volume = Volume.from_array(y, np.eye(4), modality="MR")
+    return denoiser.denoise_volume(volume, sigma=sigma, guided_radius=0, network_sigma_scale=scale).volume.data[0]
 
 
 def training_scans(data_dir: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:

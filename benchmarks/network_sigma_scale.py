@@ -24,8 +24,8 @@ import argparse
 import dataclasses
 
 import numpy as np
-from guided_radius_grid import recorrupt
-from mr_training_scans import parse_args, training_scans
+from guided_radius_grid import recorrupt, recorrupted_psnr
+from mr_training_scans import network_estimate, parse_args, training_scans
 
 
 def ssim_noisy_reference(target: np.ndarray, test: np.ndarray, mask: np.ndarray, noise_var: float) -> float:
@@ -70,7 +70,6 @@ def main() -> None:
     from medidiff.inference import Denoiser
     from medidiff.noise import estimate_sigma
     from medidiff.refine import guided_average
-    from medidiff.volume import Volume
 
     def more(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.1, 1.2])
@@ -80,9 +79,7 @@ def main() -> None:
     denoiser = Denoiser(model="mr")
 
     def default_at(y: np.ndarray, sigma: float, scale: float) -> np.ndarray:
-        volume = Volume.from_array(y, np.eye(4), modality="MR")
-        estimate = denoiser.denoise_volume(volume, sigma=sigma, guided_radius=0, network_sigma_scale=scale)
-        return guided_average(y, estimate.volume.data[0], sigma, rician=True)
+        return guided_average(y, network_estimate(denoiser, y, sigma, scale), sigma, rician=True)
 
     print("MR training scans, recorrupted (the network has seen them): PSNR dB / SSIM, noise-corrected")
     scores: dict[tuple, tuple[float, float]] = {}
@@ -95,9 +92,8 @@ def main() -> None:
             cases.append((scan, level))
             for scale in args.scales:
                 out = default_at(y, sigma, scale)
-                mse = float(np.mean((out - target)[mask].astype(np.float64) ** 2)) - target_var
-                scores[(cases[-1], scale)] = (10.0 * np.log10(1.0 / mse), ssim_noisy_reference(target, out, mask,
-                                                                                               target_var))
+                scores[(cases[-1], scale)] = (recorrupted_psnr(out, target, mask, target_var),
+                                              ssim_noisy_reference(target, out, mask, target_var))
                 print(f"  {scan} {level:g} %, scale {scale:g}: {scores[(cases[-1], scale)][0]:.3f} / "
                       f"{scores[(cases[-1], scale)][1]:.4f}", flush=True)
     summary(scores, cases, args.scales)
