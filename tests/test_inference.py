@@ -243,6 +243,22 @@ def test_a_sliver_of_signal_at_a_window_edge_is_denoised_not_blanked(den: Denois
     assert out[24:27, 10:14, 10:14].mean() > 0.4
 
 
+def test_windows_are_fitted_for_the_least_work_near_the_base_size() -> None:
+    from medidiff.inference import WINDOW_GROWTH, fit_windows
+
+    base, margin, factor = 40, 8, 8
+    # the Colin27 box: 4 windows of 48 instead of 5 of 40 on the short axes, 4 of 56 on the long one
+    assert fit_windows((163, 198, 165), (base,) * 3, 0.2, factor) == (48, 56, 48)
+    for size in range(9, 400):
+        r = fit_windows((size, size, size), (base,) * 3, 0.2, factor)[0]
+        first = -(-size // base)  # the window count tried first
+        first_r = max(factor, -(-round((size + (first - 1) * margin) / first) // factor) * factor)
+        n = next(k for k in range(1, first + 1) if k * r >= size + (k - 1) * (margin - 1))  # about the overlap
+        assert r % factor == 0
+        assert r == first_r or r <= base + WINDOW_GROWTH
+        assert n * r <= first * first_r  # never more work than the first count
+
+
 def test_content_mask_ignores_isolated_noise_and_keeps_a_margin() -> None:
     from medidiff.inference import content_box, content_mask
 

@@ -1,0 +1,60 @@
+"""Default MR denoising against DIPY's default NLM, timed warm in one process, on the Colin27 brain.
+
+Usage: python benchmarks/cpu_speed.py [--level 9] [--repeats 2] [--data-dir DIR]
+       ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python benchmarks/cpu_speed.py   # as on a CPU without AMX
+
+The benchmark's Colin27 case at one noise level (its noise draw) is denoised by DIPY's default NLM
+(as the benchmark runs it, given the true sigma), by ``medidiff denoise``'s defaults, and by the
+defaults with the previous 40x48x40 windows, each ``--repeats`` times after one warm-up call of
+medidiff; the fastest of each is compared. ``ONEDNN_MAX_CPU_ISA`` limits the instructions oneDNN
+(PyTorch's CPU convolutions) uses, so an AMX machine can show roughly how the network runs without
+AMX; it does not change NLM. docs/benchmarks.md (window size) quotes the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    import torch
+
+    from medidiff.benchmark import _nlmeans, load_benchmark_config, make_samples
+    from medidiff.inference import Denoiser
+    from medidiff.volume import Volume
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--level", type=float, default=9.0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    cfg = load_benchmark_config(Path(__file__).resolve().parents[1] / "configs/benchmark.yaml", data_dir=args.data_dir)
+    # other cases keep their place (the noise seed depends on it) but draw no level
+    cases = [dataclasses.replace(c, noise_levels=[args.level] if c.modality == "MR" else []) for c in cfg.cases]
+    sample = next(s for s in make_samples(dataclasses.replace(cfg, cases=cases)) if s.case.modality == "MR")
+    den = Denoiser(model="mr", device="cpu")
+    volume = Volume.from_array(sample.noisy, sample.affine, modality="MR")
+    den.denoise_volume(volume)
+    runs: dict[str, list[float]] = {"DIPY NLM (default)": [], "medidiff default": [], "medidiff, 40x48x40 windows": []}
+    for _ in range(args.repeats):
+        for name, call in (
+            ("DIPY NLM (default)", lambda: _nlmeans(sample.noisy, sample.sigma_true, False, cfg.classical)),
+            ("medidiff default", lambda: den.denoise_volume(volume)),
+            ("medidiff, 40x48x40 windows", lambda: den.denoise_volume(volume, roi_size=(40, 48, 40))),
+        ):
+            t = time.perf_counter()
+            call()
+            runs[name].append(time.perf_counter() - t)
+    nlm = min(runs["DIPY NLM (default)"])
+    print(f"Colin27 {args.level:g} %, {torch.get_num_threads()} threads, "
+          f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(not set)')}")
+    for name, times in runs.items():
+        print(f"  {name}: {', '.join(f'{t:.2f}' for t in times)} s; fastest {min(times) / nlm:.2f}x NLM")
+
+
+if __name__ == "__main__":
+    main()
