@@ -20,6 +20,7 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import torch
@@ -93,23 +94,27 @@ def guided_average(
     offsets = neighbourhood(radius)
     use_means = data_smoothing > 0
 
-    def padded(a: np.ndarray, square: bool = False) -> torch.Tensor:
-        t = torch.from_numpy(np.array(a, dtype=np.float32))  # a copy, squared in place if asked
+    def padded(a: np.ndarray, square: bool = False, scale: float = 1.0) -> torch.Tensor:
+        t = torch.from_numpy(np.array(a, dtype=np.float32))  # a copy, squared or scaled in place if asked
         if square:
             t.square_()
+        if scale != 1.0:
+            t.mul_(scale)
         return torch.nn.functional.pad(t[None, None], (r,) * 6, mode="replicate")[0, 0]
 
     # memory: the padded copies (scan, estimate, local means) and the output, about four copies of the input
-    g_all = padded(guide)
+    # the estimate and the local means are stored divided by their range-kernel widths, so a weight
+    # is exp(-(d_g^2 + d_m^2)) of plain differences
+    g_all = padded(guide, scale=math.sqrt(inv_h2))
     y_all = padded(noisy, square=rician)
     if use_means:  # one more padded copy
         from scipy import ndimage
 
         scan = np.asarray(noisy, np.float32)
         means = ndimage.gaussian_filter(scan, data_smoothing, mode="nearest", truncate=TRUNCATE)
-        m_all = padded(means)
-        del means
         inv_m2 = 1.0 / (2.0 * (data_width * sigma * smoothed_noise_factor(data_smoothing)) ** 2)
+        m_all = padded(means, scale=math.sqrt(inv_m2))
+        del means
     X, Y, Z = guide.shape
     out = np.empty(guide.shape, np.float32)
     for start in range(0, X, SLAB):
@@ -124,12 +129,13 @@ def guided_average(
         den = torch.zeros_like(centre)
         for i, j, k in offsets:
             at = (slice(r + i, r + i + n), slice(r + j, r + j + Y), slice(r + k, r + k + Z))
-            e = (g[at] - centre).square_().mul_(-inv_h2)
+            e = (g[at] - centre).square_()
             if use_means:
-                e.sub_((m[at] - m_centre).square_().mul_(inv_m2))
-            w = e.exp_()
+                d = m[at] - m_centre
+                e.addcmul_(d, d)
+            w = e.neg_().exp_()
             den += w
-            num += w.mul_(y[at])
+            num.addcmul_(w, y[at])
         mean = num.div_(den)
         if rician:
             mean = mean.sub_(2.0 * sigma**2).clamp_(min=0.0).sqrt_()
