@@ -248,15 +248,19 @@ def fit_windows(
     roi = []
     for size, b in zip(shape, base, strict=True):
         margin = overlap * b
-        best: tuple[int, int] | None = None
-        for n in range(max(1, -(-size // b)), 0, -1):
-            r = max(factor, -(-int(round((size + (n - 1) * margin) / n)) // factor) * factor)
-            if best is not None and r > b + WINDOW_GROWTH:
+
+        def window(n: int, size: int = size, margin: float = margin) -> int:
+            return max(factor, -(-int(round((size + (n - 1) * margin) / n)) // factor) * factor)
+
+        first = max(1, -(-size // b))
+        best_n, best_r = first, window(first)
+        for n in range(first - 1, 0, -1):
+            r = window(n)
+            if r > b + WINDOW_GROWTH:
                 break
-            if best is None or n * r < best[0] * best[1]:
-                best = (n, r)
-        assert best is not None
-        roi.append(best[1])
+            if n * r < best_n * best_r:
+                best_n, best_r = n, r
+        roi.append(best_r)
     return (roi[0], roi[1], roi[2])
 
 
