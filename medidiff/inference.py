@@ -232,6 +232,11 @@ def _fill_value(modality: str) -> float:
     return -1000.0 if modality == "CT" else 0.0
 
 
+def _window_for(size: int, n: int, margin: float, factor: int) -> int:
+    """The smallest multiple of ``factor`` of which ``n`` windows cover ``size`` voxels, ``margin`` overlapping."""
+    return max(factor, -(-int(round((size + (n - 1) * margin) / n)) // factor) * factor)
+
+
 def fit_windows(
     shape: tuple[int, ...], base: tuple[int, ...], overlap: float, factor: int
 ) -> tuple[int, int, int]:
@@ -248,14 +253,10 @@ def fit_windows(
     roi = []
     for size, b in zip(shape, base, strict=True):
         margin = overlap * b
-
-        def window(n: int, size: int = size, margin: float = margin) -> int:
-            return max(factor, -(-int(round((size + (n - 1) * margin) / n)) // factor) * factor)
-
         first = max(1, -(-size // b))
-        best_n, best_r = first, window(first)
+        best_n, best_r = first, _window_for(size, first, margin, factor)
         for n in range(first - 1, 0, -1):
-            r = window(n)
+            r = _window_for(size, n, margin, factor)
             if r > b + WINDOW_GROWTH:
                 break
             if n * r < best_n * best_r:
