@@ -9,6 +9,7 @@ every checkpoint, so a checkpoint needs no YAML to be used.
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
 import types
 import typing
@@ -103,6 +104,7 @@ class TrainConfig:
     val_every: int = 0
     save_every: int = 200
     keep_checkpoints: int = 2
+    guided_loss_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("train.lr_min must lie in [0, train.lr]")
     if cfg.train.max_steps < 0 or cfg.train.batch_size < 1:
         raise ConfigError("train.max_steps must be >= 0 and train.batch_size >= 1")
+    if not 0 <= cfg.train.guided_loss_weight < math.inf:
+        raise ConfigError(
+            f"train.guided_loss_weight must be 0 (off) or a positive number, got {cfg.train.guided_loss_weight}"
+        )
+    if cfg.train.guided_loss_weight > 0 and min(cfg.data.patch_size) < 16:
+        raise ConfigError(
+            f"train.guided_loss_weight needs data.patch_size of at least 16 (guided averaging is scored "
+            f"away from the patch faces), got {cfg.data.patch_size}"
+        )
     if not 0 < cfg.noise.scan_sigma_min < cfg.noise.scan_sigma_max:
         raise ConfigError("need 0 < noise.scan_sigma_min < noise.scan_sigma_max")
     if cfg.data.target_cleanup == "recorrupt" and cfg.noise.kind == "ct":

@@ -39,15 +39,19 @@ TRUNCATE = 4.0
 SLAB = 24
 
 
-def smoothed_noise_factor(smoothing: float) -> float:
-    """Std of white noise after ``scipy.ndimage.gaussian_filter(.., smoothing)`` in 3D, per unit of sigma."""
+def gaussian_taps(smoothing: float) -> np.ndarray:
+    """The 1D kernel of ``scipy.ndimage.gaussian_filter(.., smoothing, truncate=TRUNCATE)``."""
     from scipy import ndimage
 
     n = 2 * int(np.ceil(TRUNCATE * smoothing)) + 1
     delta = np.zeros(n)
     delta[n // 2] = 1.0
-    w = ndimage.gaussian_filter1d(delta, smoothing, mode="constant", truncate=TRUNCATE)
-    return float(np.sum(w**2) ** 1.5)
+    return ndimage.gaussian_filter1d(delta, smoothing, mode="constant", truncate=TRUNCATE)
+
+
+def smoothed_noise_factor(smoothing: float) -> float:
+    """Std of white noise after ``scipy.ndimage.gaussian_filter(.., smoothing)`` in 3D, per unit of sigma."""
+    return float(np.sum(gaussian_taps(smoothing) ** 2) ** 1.5)
 
 
 def neighbourhood(radius: float) -> list[tuple[int, int, int]]:
@@ -141,3 +145,72 @@ def guided_average(
             mean = mean.sub_(2.0 * sigma**2).clamp_(min=0.0).sqrt_()
         out[start : start + n] = mean.numpy()
     return out
+
+
+def guided_average_batch(
+    noisy: torch.Tensor,
+    guide: torch.Tensor,
+    sigma: torch.Tensor,
+    *,
+    rician: bool,
+    radius: float = RADIUS,
+    strength: float = STRENGTH,
+    data_smoothing: float = DATA_SMOOTHING,
+    data_width: float = DATA_WIDTH,
+) -> torch.Tensor:
+    """:func:`guided_average` for a batch of patches in torch, differentiable in ``guide``.
+
+    Training uses it to score the network's estimate by what guided averaging makes of it
+    (``train.guided_loss_weight``). Same weights and edge handling (replicated borders) as
+    :func:`guided_average`; the whole batch at once, so meant for patches, not whole scans.
+
+    Args:
+        noisy: (B, 1, X, Y, Z) noisy patches.
+        guide: (B, 1, X, Y, Z) the network's estimates.
+        sigma: (B,) noise sigma of each patch (> 0).
+        rician, radius, strength, data_smoothing, data_width: as for :func:`guided_average`.
+    """
+    if radius < 1:
+        return guide
+    s = sigma.reshape(-1, 1, 1, 1, 1).to(guide.dtype)
+    r = int(np.floor(radius))
+    X, Y, Z = guide.shape[-3:]
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (r,) * 6, mode="replicate")
+
+    def at(t: torch.Tensor, i: int, j: int, k: int) -> torch.Tensor:
+        return t[..., r + i : r + i + X, r + j : r + j + Y, r + k : r + k + Z]
+
+    g = padded(guide / (strength * s))
+    y = padded(noisy.square() if rician else noisy)
+    m = None
+    if data_smoothing > 0:
+        with torch.no_grad():
+            taps = torch.as_tensor(gaussian_taps(data_smoothing), dtype=noisy.dtype, device=noisy.device)
+            means = noisy
+            for axis in range(3):  # separable, with scipy's "nearest" (replicated) borders
+                shape = [1, 1, 1, 1, 1]
+                shape[2 + axis] = taps.numel()
+                half = taps.numel() // 2
+                pad = [0] * 6
+                pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = half
+                means = torch.nn.functional.conv3d(
+                    torch.nn.functional.pad(means, pad, mode="replicate"), taps.reshape(shape)
+                )
+            width = math.sqrt(2.0) * data_width * smoothed_noise_factor(data_smoothing) * s
+            m = padded(means / width)
+    centre = at(g, 0, 0, 0)
+    num = torch.zeros_like(centre)
+    den = torch.zeros_like(centre)
+    for i, j, k in neighbourhood(radius):
+        e = (at(g, i, j, k) - centre).square()
+        if m is not None:
+            e = e + (at(m, i, j, k) - at(m, 0, 0, 0)).square()
+        w = torch.exp(-e)
+        den = den + w
+        num = num + w * at(y, i, j, k)
+    mean = num / den
+    if rician:
+        mean = (mean - 2.0 * s.square()).clamp(min=1e-12).sqrt()
+    return mean

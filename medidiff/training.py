@@ -87,6 +87,38 @@ def make_noisy(
     return torch.where(scan.view(-1, 1, 1, 1, 1), realistic, gaussian)
 
 
+def guided_loss(
+    model: Any, cfg: Config, x0: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor, scan: torch.Tensor
+) -> torch.Tensor:
+    """The EDM loss, plus ``train.guided_loss_weight`` x the error of guided averaging steered by the estimate.
+
+    Samples with the scan's noise model (``scan``) are denoised as ``medidiff denoise`` does: the
+    network is told the modality's ``network_sigma_scale`` x sigma, and guided averaging
+    (:func:`medidiff.refine.guided_average_batch`, the modality's default radius) then averages the
+    noisy patch with weights from that estimate. Their loss is the EDM loss at the level told plus
+    the weighted squared error of the averaged patch (its interior: ``radius`` voxels in from each
+    face), both per voxel and divided by ``c_out^2`` as the EDM loss is. Other samples keep the plain
+    EDM loss.
+    """
+    from medidiff.inference import DEFAULT_GUIDED_RADIUS, DEFAULT_NETWORK_SIGMA_SCALE
+    from medidiff.refine import guided_average_batch
+
+    modality = cfg.data.modality
+    told = torch.where(scan, sigma * DEFAULT_NETWORK_SIGMA_SCALE[modality], sigma)
+    out, c_skip, c_out = model.raw(noisy, told)
+    estimate = c_skip * noisy + c_out * out
+    per_sample = ((out.float() - ((x0 - c_skip * noisy) / c_out).float()) ** 2).flatten(1).mean(1)
+    if bool(scan.any()):
+        radius = DEFAULT_GUIDED_RADIUS[modality]
+        averaged = guided_average_batch(
+            noisy[scan].float(), estimate[scan].float(), sigma[scan], rician=cfg.noise.kind == "rician", radius=radius
+        )  # fmt: skip
+        inner = (slice(None), slice(None)) + (slice(math.ceil(radius), -math.ceil(radius)),) * 3
+        error = ((averaged - x0[scan].float())[inner] ** 2).flatten(1).mean(1) / c_out[scan].flatten().float() ** 2
+        per_sample = per_sample.index_add(0, scan.nonzero().flatten(), cfg.train.guided_loss_weight * error)
+    return per_sample.mean()
+
+
 # ---------------------------------------------------------------- run folder bookkeeping
 
 
@@ -346,7 +378,10 @@ def train(
                 group["lr"] = lr
                 group["weight_decay"] = cfg.train.weight_decay
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model.loss(x0, noisy, sigma)
+                if cfg.train.guided_loss_weight > 0:
+                    loss = guided_loss(model, cfg, x0, noisy, sigma, scan.to(device))
+                else:
+                    loss = model.loss(x0, noisy, sigma)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step + 1}; lower train.lr")
             optimizer.zero_grad(set_to_none=True)

@@ -153,3 +153,25 @@ def test_bundled_mr_model_gains_from_guided_averaging_on_a_phantom() -> None:
     }
     # measured 3.8-4.3 dB on larger phantoms (docs/design.md); 1 dB leaves room for other draws
     assert scores[None] > scores[0] + 1.0, scores
+
+
+@pytest.mark.parametrize("rician", [True, False])
+def test_batch_version_matches_the_volume_version_and_passes_gradients(rician: bool) -> None:
+    import torch
+
+    rng = np.random.default_rng(3)
+    clean = np.zeros((2, 18, 20, 16), np.float32)
+    clean[:, 4:14, 5:15, 3:11] = 0.7
+    clean += 0.05 * rng.standard_normal(clean.shape).astype(np.float32)
+    sigmas = np.array([0.03, 0.08], np.float32)
+    noisy = np.stack([add_rician_numpy(c, s, rng) for c, s in zip(clean, sigmas, strict=True)]).astype(np.float32)
+    guide = clean + 0.01 * rng.standard_normal(clean.shape).astype(np.float32)
+    for radius in (3.0, refine.RADIUS):
+        g = torch.from_numpy(guide)[:, None].requires_grad_(True)
+        out = refine.guided_average_batch(torch.from_numpy(noisy)[:, None], g, torch.from_numpy(sigmas),
+                                          rician=rician, radius=radius)
+        for b in range(2):
+            expected = guided_average(noisy[b], guide[b], float(sigmas[b]), rician=rician, radius=radius)
+            np.testing.assert_allclose(out[b, 0].detach().numpy(), expected, atol=2e-5)
+        out.square().sum().backward()
+        assert g.grad is not None and torch.isfinite(g.grad).all() and g.grad.abs().sum() > 0

@@ -250,3 +250,54 @@ def test_nlm_cleanup_brings_the_training_target_closer_to_the_clean_scan(tmp_pat
     truth = np.asarray(PatchDataset.from_config(cfg, "training").volumes[0]["image"][0])
     raw, cleaned = volume("none"), volume(cleanup)
     assert np.abs(cleaned - truth).mean() < 0.8 * np.abs(raw - truth).mean()
+
+
+def test_guided_loss_adds_the_averaged_estimates_error_to_the_edm_loss_at_the_level_told() -> None:
+    import torch
+
+    from medidiff.checkpoint import build_denoiser
+    from medidiff.config import load_config
+    from medidiff.inference import DEFAULT_NETWORK_SIGMA_SCALE
+    from medidiff.refine import guided_average
+    from medidiff.training import guided_loss
+
+    cfg = load_config(str(TINY_CONFIG), ["noise.kind=rician"])
+    torch.manual_seed(0)
+    model = build_denoiser(cfg)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 1, 16, 16, 16, generator=g)
+    sigma = torch.tensor([0.02, 0.05, 0.3])
+    noisy = (x0 + sigma.view(-1, 1, 1, 1, 1) * torch.randn(x0.shape, generator=g)).abs()
+    scan = torch.tensor([True, True, False])
+    told = sigma * torch.tensor([DEFAULT_NETWORK_SIGMA_SCALE["MR"]] * 2 + [1.0])
+    with torch.no_grad():
+        base = guided_loss(model, cfg, x0, noisy, sigma, torch.zeros(3, dtype=torch.bool))
+        torch.testing.assert_close(base, model.loss(x0, noisy, sigma))  # no scan samples: the EDM loss
+        plain = model.loss(x0, noisy, told)
+        torch.testing.assert_close(guided_loss(model, cfg, x0, noisy, sigma, scan), plain)  # weight 0
+        # what guided averaging (the volume version) makes of each scan sample's estimate, scored inside
+        estimate = model(noisy, told)
+        _, c_out, _ = model.scalings(told)
+        extra = 0.0
+        for b in range(2):
+            out = guided_average(noisy[b, 0].numpy(), estimate[b, 0].numpy(), float(sigma[b]), rician=True)
+            err = float(((out - x0[b, 0].numpy())[4:-4, 4:-4, 4:-4] ** 2).mean())
+            extra += err / float(c_out[b]) ** 2
+    cfg2 = load_config(str(TINY_CONFIG), ["noise.kind=rician", "train.guided_loss_weight=2"])
+    with torch.no_grad():
+        weighted = guided_loss(model, cfg2, x0, noisy, sigma, scan)
+    torch.testing.assert_close(float(weighted), float(plain) + 2 * extra / 3, rtol=1e-4, atol=1e-6)
+
+
+def test_guided_loss_trains_and_is_checked(phantom_dir: Path, tmp_path: Path) -> None:
+    from medidiff.config import load_config
+
+    run = tmp_path / "run"
+    result = train(str(TINY_CONFIG), [*_overrides(phantom_dir, run, 2), "train.guided_loss_weight=1",
+                                      "noise.kind=rician"], progress=False)
+    assert result.step == 2 and all(np.isfinite(r["loss"]) for r in _records(run))
+    with pytest.raises(ConfigError, match="guided_loss_weight"):
+        load_config(str(TINY_CONFIG), ["train.guided_loss_weight=-1"])
+    with pytest.raises(ConfigError, match="at least 16"):
+        load_config(str(TINY_CONFIG), ["train.guided_loss_weight=1", "data.patch_size=[8,8,8]",
+                                       "model.channels=[8,8]", "model.attention_levels=[false,false]"])
