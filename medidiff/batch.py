@@ -79,7 +79,7 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
     paths = [expand_user(p) for p in inputs]
     for p in paths:
         if not p.exists():
-            raise MedidiffError(f"{p}: no such file or folder")
+            raise MedidiffError(f"{p}: no such file or folder; check the path")
     out = expand_user(output)
     single_file = len(paths) == 1 and (
         paths[0].is_file() or not _folder_inputs(paths[0]) or _is_dicom_dir(paths[0])
@@ -94,10 +94,12 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
                                             or not job.uncertainty.name.lower().endswith(NIFTI_SUFFIXES)):
             raise MedidiffError(f"--uncertainty {job.uncertainty}: give a .nii or .nii.gz name other than the output")
         return [job], None
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.is_dir() and out.name.lower().endswith(NIFTI_SUFFIXES):
+        what = "a folder of scans" if len(paths) == 1 else f"{len(paths)} inputs"
+        raise MedidiffError(
+            f"{out}: a .nii or .nii.gz output takes a single scan, and {what} need an output folder; give a folder name"
+        )
     unc_dir = expand_user(uncertainty) if uncertainty else None
-    if unc_dir is not None:
-        unc_dir.mkdir(parents=True, exist_ok=True)
     jobs: list[Job] = []
     bids_root = None
     for p in paths:
@@ -110,11 +112,9 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
                 rel = src.relative_to(p)
                 name = bids_denoised_name(rel.name) if bids else strip_suffix(rel.name) + ".nii.gz"
                 target = out / rel.parent / name
-                target.parent.mkdir(parents=True, exist_ok=True)
                 unc = None
                 if unc_dir is not None:
                     unc = unc_dir / rel.parent / (strip_suffix(name) + "_uncertainty.nii.gz")
-                    unc.parent.mkdir(parents=True, exist_ok=True)
                 jobs.append(Job(src, target, unc))
         else:
             name = strip_suffix(p.name) + ".nii.gz"
@@ -135,6 +135,10 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
         seen[job.output] = job.source
     if not jobs:
         raise MedidiffError(f"{', '.join(inputs)}: no scans found (NIfTI, NRRD, MHA or DICOM)")
+    for job in jobs:  # folders only once the plan holds: a refused batch leaves nothing behind
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        if job.uncertainty is not None:
+            job.uncertainty.parent.mkdir(parents=True, exist_ok=True)
     return jobs, bids_root
 
 
@@ -185,6 +189,8 @@ def run_jobs(
             info = work(job)
         except MedidiffError as exc:
             if single:
+                if str(job.source) not in str(exc):  # name the scan, as a batch's report does
+                    exc.args = (f"{job.source}: {exc}",)
                 raise
             report.failed.append((job.source, str(exc)))
             on_progress(f"{prefix}{job.source}: FAILED: {exc}")
@@ -198,6 +204,12 @@ def run_jobs(
             continue
         report.done.append(job.output)
         sigma = info.get("sigma")
-        shown = f"{sigma:.4g}" if isinstance(sigma, float) else sigma
-        on_progress(f"{prefix}{job.output}: done (sigma {shown}, {info.get('wall_time_s')} s)")
+        shown = (
+            f"{sigma:.4g}" if isinstance(sigma, float)
+            else ", ".join(f"{v:.4g}" for v in sigma) if isinstance(sigma, list) else sigma
+        )  # fmt: skip
+        on_progress(
+            f"{prefix}{job.output}: done ({info.get('modality')}, model {info.get('model')}, sigma {shown}, "
+            f"{info.get('wall_time_s')} s)"
+        )
     return report

@@ -56,6 +56,15 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "benchmark.yaml"
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "reference"
 
 
+def source_root() -> Path:
+    """The source checkout: the package's own (an editable install), else the current folder when it
+    holds ``configs/benchmark.yaml`` (``pip install .`` run from a clone), else the package's parent."""
+    for root in (REPO_ROOT, Path.cwd()):
+        if (root / "configs" / "benchmark.yaml").is_file():
+            return root
+    return REPO_ROOT
+
+
 # ---------------------------------------------------------------- configuration
 
 
@@ -174,8 +183,9 @@ def load_benchmark_config(
 
     raw: Any = {}
     base = Path.cwd()
-    if path is not None or DEFAULT_CONFIG.exists():
-        cfg_path = Path(path) if path is not None else DEFAULT_CONFIG
+    default = source_root() / "configs" / "benchmark.yaml"
+    if path is not None or default.exists():
+        cfg_path = Path(path) if path is not None else default
         if not cfg_path.is_file():
             raise ConfigError(f"{cfg_path}: benchmark config not found; pass --config FILE")
         try:
@@ -855,7 +865,7 @@ def update_docs(report: BenchmarkReport, docs_dir: str | os.PathLike[str] | None
     Figures go to ``docs/figures/``. The file is created with the markers when absent; text outside
     the markers is kept.
     """
-    docs = Path(docs_dir) if docs_dir is not None else REPO_ROOT / "docs"
+    docs = Path(docs_dir) if docs_dir is not None else source_root() / "docs"
     (docs / "figures").mkdir(parents=True, exist_ok=True)
     for path in report.figures:
         shutil.copyfile(path, docs / "figures" / path.name)

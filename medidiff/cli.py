@@ -202,9 +202,12 @@ def _nonneg_float(text: str) -> float:
 
 
 def _positive_float(text: str) -> float:
-    value = _nonneg_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -398,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.formatter_class = _DefaultsHelp
         if not any(a.dest == "debug" for a in p._actions):
             p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        for action in p._actions:  # unset, so a --debug before the command is not overwritten
+            if action.dest == "debug":
+                action.default = argparse.SUPPRESS
     return parser
 
 

@@ -444,6 +444,46 @@ class Denoiser:
             self._loaded[key] = loaded
         return self._loaded[key]
 
+    def denoise(
+        self, x: Any, *, affine: np.ndarray | None = None, modality: str | None = None, **options: Any
+    ) -> Any:
+        """Denoise ``x`` and return the same kind of object.
+
+        ``x`` may be a path (read with :func:`medidiff.io.read_volume`; a :class:`Volume` is returned,
+        write it with :func:`medidiff.io.write_volume`), a NumPy array ``(X, Y, Z)`` or ``(X, Y, Z, T)``
+        (with optional ``affine``), a nibabel image, a MONAI ``MetaTensor`` or a :class:`Volume`.
+        Options are those of :class:`DenoiseOptions`; :meth:`denoise_volume` also returns the sidecar's
+        information.
+        """
+        if isinstance(x, Volume):
+            return self.denoise_volume(x, modality=modality, **options).volume
+        if isinstance(x, (str, os.PathLike)):
+            from medidiff.io import read_volume
+
+            return self.denoise_volume(read_volume(x), modality=modality, **options).volume
+        if isinstance(x, np.ndarray):
+            vol = Volume.from_array(x, affine)
+            out = self.denoise_volume(vol, modality=modality, **options).volume.to_array()
+            return out.astype(x.dtype) if np.issubdtype(x.dtype, np.floating) else out
+        if type(x).__name__ == "MetaTensor":
+            vol = Volume.from_metatensor(x)
+            out_vol = self.denoise_volume(vol, modality=modality, **options).volume
+            result = x.clone()
+            result.data = torch.as_tensor(out_vol.data.reshape(tuple(x.shape)), dtype=x.dtype)
+            return result
+        if hasattr(x, "affine") and hasattr(x, "get_fdata"):
+            import nibabel as nib
+
+            vol = Volume.from_array(np.asarray(x.get_fdata(dtype=np.float32)), np.asarray(x.affine))
+            out = self.denoise_volume(vol, modality=modality, **options).volume.to_array()
+            header = x.header.copy()
+            header.set_data_dtype(np.float32)
+            return nib.Nifti1Image(out, x.affine, header)
+        raise MedidiffError(
+            f"cannot denoise an object of type {type(x).__name__}; give a path, a NumPy array, a nibabel image, "
+            "a MONAI MetaTensor or a medidiff Volume"
+        )
+
     def denoise_volume(self, volume: Volume, modality: str | None = None, **options: Any) -> DenoiseResult:
         """Denoise every 3D volume of ``volume``; keyword options as in :class:`DenoiseOptions`."""
         from medidiff.io import guess_modality
@@ -457,7 +497,7 @@ class Denoiser:
         if min(volume.spatial_shape) < MIN_SIZE:
             raise MedidiffError(
                 f"{volume.meta.source_path or 'input'}: shape {volume.spatial_shape} has an axis shorter than "
-                f"{MIN_SIZE} voxels (a 2D image or a thin slab); medidiff denoises 3D volumes"
+                f"{MIN_SIZE} voxels (a 2D image, a thin slab or a very small crop); medidiff denoises 3D volumes"
             )
         # runs > 1: the running mean and M2 and their update's temporaries; flips: the mirrored input and
         # output; guided averaging: padded copies of the scan, its local means and the estimate, and its output
@@ -527,6 +567,15 @@ class Denoiser:
                 "an MR volume with (almost) no positive intensities is not a magnitude image; "
                 "medidiff denoises MR magnitude and CT in HU (pass --modality CT for CT)"
             )
+        negative = np.count_nonzero(filled < 0) / filled.size
+        if modality == "MR" and negative > 0.05:
+            # magnitude images are never negative: clipping a z-scored or mean-centred scan at 0 would
+            # flatten it, so refuse (a few negatives, from interpolation ringing, are clipped)
+            raise MedidiffError(
+                f"{negative:.0%} of this MR volume's voxels are negative, which a magnitude image cannot be "
+                "(normalized or mean-centred?); denoise the scan before normalizing it, or pass --modality CT "
+                "if it is CT in HU"
+            )
         norm = fit_normalization(filled, modality)  # type: ignore[arg-type]
         sigma_units = opts.sigma if opts.sigma is not None else estimate_sigma(filled, modality)  # type: ignore[arg-type]
         cfg = loaded.config
@@ -584,43 +633,10 @@ def denoise(
     modality: str | None = None,
     **options: Any,
 ) -> Any:
-    """Denoise ``x`` and return the same kind of object.
-
-    ``x`` may be a path (a NIfTI path is returned as a :class:`Volume`... see below), a NumPy array
-    ``(X, Y, Z)`` or ``(X, Y, Z, T)`` (with optional ``affine``), a nibabel image, a MONAI
-    ``MetaTensor`` or a :class:`Volume`. Paths are read with :func:`medidiff.io.read_volume` and a
-    :class:`Volume` is returned (write it with :func:`medidiff.io.write_volume`).
-    Options are those of :class:`DenoiseOptions`.
-    """
+    """Denoise ``x`` and return the same kind of object (:meth:`Denoiser.denoise`, with a model kept
+    loaded between calls for each ``model`` and ``device``)."""
     key = f"{model}|{device}"
     den = _DEFAULT.get(key)
     if den is None:
         den = _DEFAULT[key] = Denoiser(model=model, device=device)
-    if isinstance(x, Volume):
-        return den.denoise_volume(x, modality=modality, **options).volume
-    if isinstance(x, (str, os.PathLike)):
-        from medidiff.io import read_volume
-
-        return den.denoise_volume(read_volume(x), modality=modality, **options).volume
-    if isinstance(x, np.ndarray):
-        vol = Volume.from_array(x, affine)
-        out = den.denoise_volume(vol, modality=modality, **options).volume.to_array()
-        return out.astype(x.dtype) if np.issubdtype(x.dtype, np.floating) else out
-    if type(x).__name__ == "MetaTensor":
-        vol = Volume.from_metatensor(x)
-        out_vol = den.denoise_volume(vol, modality=modality, **options).volume
-        result = x.clone()
-        result.data = torch.as_tensor(out_vol.data.reshape(tuple(x.shape)), dtype=x.dtype)
-        return result
-    if hasattr(x, "affine") and hasattr(x, "get_fdata"):
-        import nibabel as nib
-
-        vol = Volume.from_array(np.asarray(x.get_fdata(dtype=np.float32)), np.asarray(x.affine))
-        out = den.denoise_volume(vol, modality=modality, **options).volume.to_array()
-        header = x.header.copy()
-        header.set_data_dtype(np.float32)
-        return nib.Nifti1Image(out, x.affine, header)
-    raise MedidiffError(
-        f"cannot denoise an object of type {type(x).__name__}; give a path, a NumPy array, a nibabel image, "
-        "a MONAI MetaTensor or a medidiff Volume"
-    )
+    return den.denoise(x, affine=affine, modality=modality, **options)

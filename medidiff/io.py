@@ -130,19 +130,22 @@ def guess_modality(volume: Volume) -> Modality:
     """Guess CT or MR from intensities, for volumes without a modality tag.
 
     CT in Hounsfield units has air at about -1000: the guess is CT when the minimum is at most -500
-    and at least 1 % of the voxels lie in [-1100, -900] HU (or 5 % below -200, for cropped scans
-    with little air). Anything else, including CT stored without its rescale intercept, is MR.
+    and at least 1 % of the voxels lie in [-1100, -900] HU, or when at least 5 % of the voxels lie
+    below -50 HU (fat, lung, air: this catches crops with little or no air). Magnitude MR has no
+    negative values, and normalized MR (z-scores) none of that size. Anything else, including CT
+    stored without its rescale intercept, is MR.
     """
     data = volume.data
     if data.size > 4_000_000:  # a regular subsample is plenty for a histogram question
         step = int(np.ceil((data.size / 4_000_000) ** (1 / 3)))
         data = data[:, ::step, ::step, ::step]
     finite = data[np.isfinite(data)]
-    if finite.size == 0 or float(finite.min()) > -500:
+    if finite.size == 0:
         return "MR"
+    if np.count_nonzero(finite < -50) >= 0.05 * finite.size:
+        return "CT"
     air = np.count_nonzero((finite >= -1100) & (finite <= -900)) / finite.size
-    low = np.count_nonzero(finite < -200) / finite.size
-    return "CT" if air >= 0.01 or low >= 0.05 else "MR"
+    return "CT" if float(finite.min()) <= -500 and air >= 0.01 else "MR"
 
 
 def scan_format(path: str | os.PathLike[str]) -> str:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,6 +149,72 @@ def guided_average(
     return out
 
 
+class _WeightedMean(torch.autograd.Function):
+    """Guided averaging's weighted mean over padded inputs, with its gradient in the guide.
+
+    Inputs are padded by ``r`` on every spatial face: ``g`` the guide and ``m`` the local means (or
+    None), each already divided by its range-kernel width, and ``y`` the values averaged. Forward and
+    backward recompute the weights offset by offset, so memory stays a few copies of the batch
+    instead of one per neighbour, as plain autograd would keep.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, g: torch.Tensor, y: torch.Tensor, m: torch.Tensor | None, r: int, offsets: list[tuple[int, int, int]]
+    ) -> torch.Tensor:
+        ctx.r, ctx.offsets = r, offsets
+        num = den = None
+        for w, _, at in _weights(g, m, r, offsets):
+            wy = w * y[at]
+            num = wy if num is None else num.add_(wy)
+            den = w if den is None else den.add_(w)
+        assert num is not None and den is not None
+        mean = num.div_(den)
+        ctx.save_for_backward(g, y, m, den, mean)
+        return mean
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:  # type: ignore[override]
+        # d mean_i / d w_ij = (y_j - mean_i) / den_i and d w_ij / d g_i = -d w_ij / d g_j = 2 (g_j - g_i) w_ij
+        g, y, m, den, mean = ctx.saved_tensors
+        r = ctx.r
+        scaled = grad / den
+        grad_g = torch.zeros_like(g)
+        centre = _at(g, r, 0, 0, 0)
+        inner = grad_g[_slices(g, r, 0, 0, 0)]
+        for w, diff, at in _weights(g, m, r, ctx.offsets):
+            q = (y[at] - mean).mul_(scaled).mul_(diff).mul_(w).mul_(2.0)
+            inner.add_(q)
+            grad_g[at].sub_(q)
+        del centre
+        return grad_g, None, None, None, None
+
+
+def _slices(t: torch.Tensor, r: int, i: int, j: int, k: int) -> tuple[Any, ...]:
+    X, Y, Z = (n - 2 * r for n in t.shape[-3:])
+    return (..., slice(r + i, r + i + X), slice(r + j, r + j + Y), slice(r + k, r + k + Z))
+
+
+def _at(t: torch.Tensor, r: int, i: int, j: int, k: int) -> torch.Tensor:
+    return t[_slices(t, r, i, j, k)]
+
+
+def _weights(
+    g: torch.Tensor, m: torch.Tensor | None, r: int, offsets: list[tuple[int, int, int]]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[Any, ...]]]:
+    """(weight, guide difference, slices of the neighbour) for each offset, over padded ``g`` and ``m``."""
+    centre = _at(g, r, 0, 0, 0)
+    m_centre = _at(m, r, 0, 0, 0) if m is not None else None
+    for i, j, k in offsets:
+        at = _slices(g, r, i, j, k)
+        diff = g[at] - centre
+        e = diff.square()
+        if m is not None and m_centre is not None:
+            d = m[at] - m_centre
+            e.addcmul_(d, d)
+        yield e.neg_().exp_(), diff, at
+
+
 def guided_average_batch(
     noisy: torch.Tensor,
     guide: torch.Tensor,
@@ -174,19 +242,15 @@ def guided_average_batch(
         return guide
     s = sigma.reshape(-1, 1, 1, 1, 1).to(guide.dtype)
     r = int(np.floor(radius))
-    X, Y, Z = guide.shape[-3:]
 
     def padded(t: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pad(t, (r,) * 6, mode="replicate")
 
-    def at(t: torch.Tensor, i: int, j: int, k: int) -> torch.Tensor:
-        return t[..., r + i : r + i + X, r + j : r + j + Y, r + k : r + k + Z]
-
     g = padded(guide / (strength * s))
-    y = padded(noisy.square() if rician else noisy)
-    m = None
-    if data_smoothing > 0:
-        with torch.no_grad():
+    with torch.no_grad():
+        y = padded(noisy.square() if rician else noisy)
+        m = None
+        if data_smoothing > 0:
             taps = torch.as_tensor(gaussian_taps(data_smoothing), dtype=noisy.dtype, device=noisy.device)
             means = noisy
             for axis in range(3):  # separable, with scipy's "nearest" (replicated) borders
@@ -200,17 +264,7 @@ def guided_average_batch(
                 )
             width = math.sqrt(2.0) * data_width * smoothed_noise_factor(data_smoothing) * s
             m = padded(means / width)
-    centre = at(g, 0, 0, 0)
-    num = torch.zeros_like(centre)
-    den = torch.zeros_like(centre)
-    for i, j, k in neighbourhood(radius):
-        e = (at(g, i, j, k) - centre).square()
-        if m is not None:
-            e = e + (at(m, i, j, k) - at(m, 0, 0, 0)).square()
-        w = torch.exp(-e)
-        den = den + w
-        num = num + w * at(y, i, j, k)
-    mean = num / den
+    mean = _WeightedMean.apply(g, y, m, r, neighbourhood(radius))
     if rician:
         mean = (mean - 2.0 * s.square()).clamp(min=1e-12).sqrt()
     return mean

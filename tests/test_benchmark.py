@@ -295,3 +295,14 @@ def test_quick_run_on_reference_scans(tmp_path: Path, monkeypatch: pytest.Monkey
     assert mr_noisy["shape"] == "64x64x64" and mr_noisy["sigma_true"] == pytest.approx(0.05)
     ct_noisy = next(r for r in rows if r["case"] == "ct_chest_cta" and r["method"] == "noisy")
     assert ct_noisy["shape"] == "64x64x32" and ct_noisy["sigma_true"] == pytest.approx(50.0, rel=0.25)
+
+
+def test_an_installed_package_finds_the_config_of_the_clone_it_runs_in(tmp_path: Path, monkeypatch) -> None:
+    # after `pip install .` the package sits in site-packages, away from configs/; the clone is the cwd
+    repo = benchmark.REPO_ROOT
+    monkeypatch.setattr(benchmark, "REPO_ROOT", tmp_path / "site-packages")
+    monkeypatch.chdir(repo)
+    assert benchmark.source_root() == repo
+    assert Path(benchmark.load_benchmark_config().data_dir) == benchmark.DEFAULT_DATA_DIR.resolve()
+    monkeypatch.chdir(tmp_path)  # neither: the package's parent, and the built-in defaults
+    assert benchmark.source_root() == tmp_path / "site-packages"

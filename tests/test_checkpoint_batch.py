@@ -86,6 +86,21 @@ def test_plan_single_and_folder(tmp_path: Path) -> None:
     write_phantom(folder / "x" / "two.nii")
     jobs, _ = plan_jobs([str(folder)], str(tmp_path / "out"), None)
     assert sorted(str(j.output.relative_to(tmp_path / "out")) for j in jobs) == ["one.nii.gz", "x/two.nii.gz"]
+    # a NIfTI name for several scans would become a folder of that name: refused, nothing created
+    for inputs in ([str(scan), str(folder / "one.nii.gz")], [str(folder)]):
+        with pytest.raises(MedidiffError, match="output folder"):
+            plan_jobs(inputs, str(tmp_path / "many.nii.gz"), None)
+    assert not (tmp_path / "many.nii.gz").exists()
+
+
+def test_a_refused_batch_leaves_no_folders_behind(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    (folder / "b").mkdir(parents=True)
+    write_phantom(folder / "b" / "scan.nii")
+    write_phantom(folder / "b" / "scan.nii.gz")
+    with pytest.raises(MedidiffError, match="both write"):
+        plan_jobs([str(folder)], str(tmp_path / "out"), str(tmp_path / "unc"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "unc").exists()
 
 
 def _bids(tmp_path: Path) -> Path:

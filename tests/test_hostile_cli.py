@@ -379,8 +379,11 @@ def test_other_commands_report_user_errors_in_one_line(tmp_path: Path, capsys, n
 def test_debug_shows_the_traceback(tmp_path: Path, capsys):
     from medidiff.errors import InputError
 
-    with pytest.raises(InputError):
-        main(["info", str(tmp_path / "missing.nii"), "--debug"])
+    missing = str(tmp_path / "missing.nii")
+    for argv in (["info", missing, "--debug"], ["--debug", "info", missing]):
+        with pytest.raises(InputError):
+            main(argv)
+    assert main(["info", missing]) == 2  # without it, one line
 
 
 # ------------------------------------------------------------------------------------------- configs
@@ -466,6 +469,7 @@ def test_tiny_volume_smaller_than_the_window_is_denoised_not_blanked(tmp_path: P
         ("slab", np.ones((24, 24, 1), np.float32), "3D"),
         ("thin", np.random.default_rng(0).random((24, 5, 24)).astype(np.float32), "3D"),
         ("negative", -1.0 - np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), "magnitude"),
+        ("zscored", np.random.default_rng(0).standard_normal((16, 16, 16)).astype(np.float32), "negative"),
     ],
 )
 def test_volumes_that_cannot_be_denoised_are_refused(tmp_path: Path, capsys, tiny_model: Path, name: str,
@@ -475,6 +479,7 @@ def test_volumes_that_cannot_be_denoised_are_refused(tmp_path: Path, capsys, tin
     rc, _, err = call(capsys, "denoise", src, "-o", out, "--model", tiny_model, "--modality", "MR")
     assert_short_error(rc, err)
     assert expect in err and not out.exists() and not temp_files(tmp_path)
+    assert str(src) in err  # the one line names the scan
 
 
 def test_volume_too_big_for_memory_is_refused_before_the_model_loads(tmp_path: Path, capsys, noisy_scan: Path,

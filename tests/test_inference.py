@@ -336,6 +336,9 @@ def test_api_returns_the_kind_it_was_given(tiny_model, tmp_path) -> None:
     assert isinstance(out_vol, Volume)
     with pytest.raises(MedidiffError, match="cannot denoise"):
         denoise([1, 2, 3], model=str(tiny_model), device="cpu")
+    kept = Denoiser(model=str(tiny_model), device="cpu")  # one model loaded for many calls, same results
+    np.testing.assert_array_equal(kept.denoise(arr, affine=np.eye(4), modality="MR"), out)
+    assert np.array_equal(kept.denoise(str(path)).data, out_vol.data)
 
 
 def test_run_folder_and_exported_file_agree(tiny_run, tiny_model) -> None:

@@ -110,3 +110,8 @@ def test_guess_modality():
     raw_ct = ct + 1024  # CT stored without its intercept cannot be told from MR
     assert guess_modality(Volume.from_array(raw_ct)) == "MR"
     assert guess_modality(Volume.from_array(np.full((2, 2, 2), np.nan))) == "MR"
+    soft = rng.normal(40, 60, (20, 20, 20))  # a CT crop of soft tissue and fat: no air, min above -500
+    soft[:, :, :6] = rng.normal(-100, 30, (20, 20, 6))
+    assert soft.min() > -500 and guess_modality(Volume.from_array(soft)) == "CT"
+    z_scored = (mr - mr.mean()) / mr.std()  # normalized MR: negative, but nothing near HU sizes
+    assert guess_modality(Volume.from_array(z_scored)) == "MR"
