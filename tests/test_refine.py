@@ -175,3 +175,16 @@ def test_batch_version_matches_the_volume_version_and_passes_gradients(rician: b
             np.testing.assert_allclose(out[b, 0].detach().numpy(), expected, atol=2e-5)
         out.square().sum().backward()
         assert g.grad is not None and torch.isfinite(g.grad).all() and g.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("rician", [True, False])
+def test_batch_gradient_matches_finite_differences(rician: bool) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    noisy = torch.rand(2, 1, 7, 6, 8, dtype=torch.float64) + 0.2
+    guide = (noisy + 0.05 * torch.randn_like(noisy)).requires_grad_(True)
+    sigma = torch.tensor([0.05, 0.1], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda g: refine.guided_average_batch(noisy, g, sigma, rician=rician, radius=1.8), (guide,)
+    )
