@@ -182,9 +182,9 @@ def test_batch_gradient_matches_finite_differences(rician: bool) -> None:
     import torch
 
     torch.manual_seed(0)
-    noisy = torch.rand(2, 1, 7, 6, 8, dtype=torch.float64) + 0.2
+    noisy = torch.rand(2, 1, 5, 4, 5, dtype=torch.float64) + 0.2
     guide = (noisy + 0.05 * torch.randn_like(noisy)).requires_grad_(True)
     sigma = torch.tensor([0.05, 0.1], dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda g: refine.guided_average_batch(noisy, g, sigma, rician=rician, radius=1.8), (guide,)
+        lambda g: refine.guided_average_batch(noisy, g, sigma, rician=rician, radius=1.5), (guide,)
     )
