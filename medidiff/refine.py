@@ -127,19 +127,10 @@ def guided_average(
         n = min(SLAB, X - start)
         g = g_all[start : start + n + 2 * r]
         y = y_all[start : start + n + 2 * r]
-        centre = g[r : r + n, r : r + Y, r : r + Z]
-        if use_means:
-            m = m_all[start : start + n + 2 * r]
-            m_centre = m[r : r + n, r : r + Y, r : r + Z]
-        num = torch.zeros_like(centre)
-        den = torch.zeros_like(centre)
-        for i, j, k in offsets:
-            at = (slice(r + i, r + i + n), slice(r + j, r + j + Y), slice(r + k, r + k + Z))
-            e = (g[at] - centre).square_()
-            if use_means:
-                d = m[at] - m_centre
-                e.addcmul_(d, d)
-            w = e.neg_().exp_()
+        m = m_all[start : start + n + 2 * r] if use_means else None
+        num = torch.zeros((n, Y, Z))
+        den = torch.zeros((n, Y, Z))
+        for w, _, at in _weights(g, m, r, offsets, keep_diff=False):
             den += w
             num.addcmul_(w, y[at])
         mean = num.div_(den)
@@ -180,13 +171,12 @@ class _WeightedMean(torch.autograd.Function):
         r = ctx.r
         scaled = grad / den
         grad_g = torch.zeros_like(g)
-        centre = _at(g, r, 0, 0, 0)
         inner = grad_g[_slices(g, r, 0, 0, 0)]
         for w, diff, at in _weights(g, m, r, ctx.offsets):
+            assert diff is not None
             q = (y[at] - mean).mul_(scaled).mul_(diff).mul_(w).mul_(2.0)
             inner.add_(q)
             grad_g[at].sub_(q)
-        del centre
         return grad_g, None, None, None, None
 
 
@@ -200,19 +190,23 @@ def _at(t: torch.Tensor, r: int, i: int, j: int, k: int) -> torch.Tensor:
 
 
 def _weights(
-    g: torch.Tensor, m: torch.Tensor | None, r: int, offsets: list[tuple[int, int, int]]
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[Any, ...]]]:
-    """(weight, guide difference, slices of the neighbour) for each offset, over padded ``g`` and ``m``."""
+    g: torch.Tensor, m: torch.Tensor | None, r: int, offsets: list[tuple[int, int, int]], keep_diff: bool = True
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, tuple[Any, ...]]]:
+    """(weight, guide difference or None, slices of the neighbour) for each offset.
+
+    ``g`` (the guide) and ``m`` (the local means, or None) are padded by ``r`` on every spatial face
+    and already divided by their range-kernel widths, so a weight is ``exp(-(dg^2 + dm^2))``.
+    """
     centre = _at(g, r, 0, 0, 0)
     m_centre = _at(m, r, 0, 0, 0) if m is not None else None
     for i, j, k in offsets:
         at = _slices(g, r, i, j, k)
         diff = g[at] - centre
-        e = diff.square()
+        e = diff.square() if keep_diff else diff.square_()
         if m is not None and m_centre is not None:
             d = m[at] - m_centre
             e.addcmul_(d, d)
-        yield e.neg_().exp_(), diff, at
+        yield e.neg_().exp_(), diff if keep_diff else None, at
 
 
 def guided_average_batch(
