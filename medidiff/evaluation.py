@@ -25,6 +25,8 @@ from medidiff import metrics
 from medidiff.errors import MedidiffError
 from medidiff.volume import Volume
 
+#: without a reference, the MR mask's lowest threshold in noise sigmas of the scan it is made from
+NOISE_FLOOR_SIGMAS = 2.0
 SSIM_LABEL = "skimage uniform 7-voxel window, K1=0.01 K2=0.03, map averaged over the mask"
 MONAI_SSIM_LABEL = "MONAI Gaussian 11-voxel window (sigma 1.5), map averaged over the mask"
 
@@ -139,8 +141,14 @@ def evaluate(
     elif mask == "none":
         fg, mask_label = np.ones(anchor.spatial_shape, dtype=bool), "none (whole volume)"
     elif mask == "auto":
-        smooth = 0.0 if reference is not None else 1.0
-        fg = metrics.foreground_mask(anchor.data[0], mod, smooth=smooth, slice_axis=slice_axis)
+        smooth, floor = 0.0, 0.0
+        if reference is None:  # a noisy scan: smooth it, and keep its Rician background out (MR)
+            smooth = 1.0
+            if mod == "MR":
+                from medidiff.noise import estimate_sigma
+
+                floor = NOISE_FLOOR_SIGMAS * float(estimate_sigma(np.nan_to_num(anchor.data[0]), "MR"))
+        fg = metrics.foreground_mask(anchor.data[0], mod, smooth=smooth, slice_axis=slice_axis, noise_floor=floor)
         mask_label = f"auto ({'CT body' if mod == 'CT' else 'MR foreground'} rule"
         mask_label += ", from the reference)" if reference is not None else ", from the smoothed scan)"
     else:

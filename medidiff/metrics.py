@@ -137,11 +137,13 @@ def foreground_mask(
     *,
     smooth: float = 0.0,
     slice_axis: int | None = None,
+    noise_floor: float = 0.0,
 ) -> np.ndarray:
     """The automatic foreground mask (``--mask auto``).
 
-    MR: voxels above ``0.1 x`` the 99th percentile of the reference, the largest 6-connected
-    component, a binary closing (2 iterations, 6-neighbourhood) and 3D hole filling.
+    MR: voxels above ``0.1 x`` the 99th percentile of the reference (or above ``noise_floor`` when
+    that is higher), the largest 6-connected component, a binary closing (2 iterations,
+    6-neighbourhood) and 3D hole filling.
 
     CT (body mask): voxels above -500 HU, the largest 6-connected component, a closing (1 iteration),
     3D hole filling, and then the convex hull of the mask in every axial slice (perpendicular to
@@ -154,6 +156,8 @@ def foreground_mask(
         smooth: Gaussian sigma in voxels applied before thresholding (use about 1 for noisy scans).
         slice_axis: CT only, the axial slice axis (default 2, the last array axis; use
             :func:`axial_axis` of the scan's affine).
+        noise_floor: MR only, a lowest threshold: on a noisy scan, a few times its noise sigma keeps
+            the Rician (Rayleigh) background, whose mean is 1.25 sigma, out of the mask.
 
     Returns:
         Boolean (X, Y, Z) mask.
@@ -178,7 +182,7 @@ def foreground_mask(
             raise MedidiffError(
                 "automatic MR mask: the reference's 99th percentile is <= 0; pass --mask FILE or --mask none"
             )
-        mask = _largest_component(image > threshold)
+        mask = _largest_component(image > max(threshold, noise_floor))
         mask = ndimage.binary_fill_holes(_closing(mask, 2))
     else:
         raise ValueError(f"unknown modality {modality!r}; use 'MR' or 'CT'")

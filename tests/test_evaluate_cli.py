@@ -168,3 +168,22 @@ def test_bad_options_are_user_errors(mr_files: dict[str, str], capsys: pytest.Ca
     assert main([*base, "--data-range", "0"]) == 2
     assert "data range" in capsys.readouterr().err
     assert main([*base, "--mask", str(Path(mr_files["ref"]).with_name("nope.nii.gz"))]) == 2
+
+
+def test_no_reference_mr_mask_keeps_a_noisy_rician_background_out() -> None:
+    from medidiff.evaluation import evaluate
+    from medidiff.noise import add_rician_numpy
+    from medidiff.phantom import head_phantom
+    from medidiff.volume import Volume
+
+    clean = head_phantom((48, 56, 48), seed=0).astype(np.float32)
+    clean[clean < 0.15 * clean.max()] = 0.0  # skull-stripped: zero outside the brain
+    clean /= np.percentile(clean, 99.9)
+    noisy = add_rician_numpy(clean, 0.09, np.random.default_rng(0)).astype(np.float32)
+    row = evaluate(None, [Volume.from_array(clean)], noisy=Volume.from_array(noisy), modality="MR")[0]
+    from medidiff.metrics import foreground_mask
+
+    inside, brain = row["settings"]["mask_voxels"], int(foreground_mask(clean, "MR").sum())
+    # the brain and a rim from the smoothing, not the whole box (the rule alone took 99.7 % of it)
+    assert brain < inside < 0.5 * clean.size, (inside, brain, clean.size)
+    assert np.isfinite(row["background_std"])
