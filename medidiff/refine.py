@@ -121,19 +121,14 @@ def guided_average(
         inv_m2 = 1.0 / (2.0 * (data_width * sigma * smoothed_noise_factor(data_smoothing)) ** 2)
         m_all = padded(means, scale=math.sqrt(inv_m2))
         del means
-    X, Y, Z = guide.shape
+    X = guide.shape[0]
     out = np.empty(guide.shape, np.float32)
     for start in range(0, X, SLAB):
         n = min(SLAB, X - start)
         g = g_all[start : start + n + 2 * r]
         y = y_all[start : start + n + 2 * r]
         m = m_all[start : start + n + 2 * r] if use_means else None
-        num = torch.zeros((n, Y, Z))
-        den = torch.zeros((n, Y, Z))
-        for w, _, at in _weights(g, m, r, offsets, keep_diff=False):
-            den += w
-            num.addcmul_(w, y[at])
-        mean = num.div_(den)
+        mean, _ = _weighted_mean(g, y, m, r, offsets)
         if rician:
             mean = mean.sub_(2.0 * sigma**2).clamp_(min=0.0).sqrt_()
         out[start : start + n] = mean.numpy()
@@ -154,13 +149,7 @@ class _WeightedMean(torch.autograd.Function):
         ctx: Any, g: torch.Tensor, y: torch.Tensor, m: torch.Tensor | None, r: int, offsets: list[tuple[int, int, int]]
     ) -> torch.Tensor:
         ctx.r, ctx.offsets = r, offsets
-        num = den = None
-        for w, _, at in _weights(g, m, r, offsets):
-            wy = w * y[at]
-            num = wy if num is None else num.add_(wy)
-            den = w if den is None else den.add_(w)
-        assert num is not None and den is not None
-        mean = num.div_(den)
+        mean, den = _weighted_mean(g, y, m, r, offsets)
         ctx.save_for_backward(g, y, m, den, mean)
         return mean
 
@@ -187,6 +176,18 @@ def _slices(t: torch.Tensor, r: int, i: int, j: int, k: int) -> tuple[Any, ...]:
 
 def _at(t: torch.Tensor, r: int, i: int, j: int, k: int) -> torch.Tensor:
     return t[_slices(t, r, i, j, k)]
+
+
+def _weighted_mean(
+    g: torch.Tensor, y: torch.Tensor, m: torch.Tensor | None, r: int, offsets: list[tuple[int, int, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted mean of ``y`` over the neighbourhood, sum of the weights), inputs as for :func:`_weights`."""
+    num = torch.zeros_like(_at(g, r, 0, 0, 0))
+    den = torch.zeros_like(num)
+    for w, _, at in _weights(g, m, r, offsets, keep_diff=False):
+        den += w
+        num.addcmul_(w, y[at])
+    return num.div_(den), den
 
 
 def _weights(
