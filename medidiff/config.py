@@ -197,6 +197,7 @@ def build_dataclass(cls: type, raw: Any, where: str = "", label: str = "config")
     unknown = sorted(set(raw) - set(names), key=str)
     if unknown:
         key = f"{where}.{unknown[0]}" if where else str(unknown[0])
+        key = key if key.isprintable() else repr(key)  # a newline or tab in a key stays on one line
         raise ConfigError(f"unknown {label} key {key}; valid keys: {', '.join(names)}")
     kwargs = {
         name: _check_type(value, hints[name], f"{where}.{name}" if where else name, label)

@@ -170,7 +170,9 @@ def training_transforms(
     """
     from monai.transforms import (
         Compose,
+        DeleteItemsd,
         EnsureTyped,
+        FgBgToIndicesd,
         Orientationd,
         RandAdjustContrastd,
         RandCropByPosNegLabeld,
@@ -189,11 +191,16 @@ def training_transforms(
             normalize_intensityd(keys, modality),
             *_target_step(keys[-1], modality, target_cleanup),
             foreground_maskd(keys[-1], "foreground", 0.05 if modality == "MR" else 0.3),
+            # the crop's voxel lists, found once per volume; the whole-volume mask is then dropped, since
+            # the crop would deep-copy it into every sample
+            FgBgToIndicesd(keys="foreground"),
+            DeleteItemsd(keys="foreground"),
         ]
     )
     augment: list[Any] = [
         RandCropByPosNegLabeld(
-            keys=keys, label_key="foreground", spatial_size=patch_size, pos=pos, neg=neg, num_samples=1
+            keys=keys, label_key="foreground", image_key=keys[0], spatial_size=patch_size, pos=pos, neg=neg,
+            num_samples=1, fg_indices_key="foreground_fg_indices", bg_indices_key="foreground_bg_indices",
         ),
         RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
         RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
