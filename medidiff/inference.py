@@ -55,6 +55,7 @@ DEFAULT_STOCHASTIC_STEPS = 4
 CONTENT_MARGIN = 8  # voxels of background around the signal that still go through the network
 WINDOW_EXTRA = 8  # default windows: the training patch size plus this many voxels
 WINDOW_GROWTH = 16  # ... grown by at most this many voxels when fewer, larger windows cost less
+GPU_BATCH_SIZE = 16  # windows per network call on a GPU when --batch-size is not given (1 on the CPU)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class DenoiseOptions:
         roi_size: window size of the sliding-window inference (voxels); None: windows fitted to the
             box around the signal, close to the training patch plus 8 voxels (40 for the bundled models).
         overlap: overlap between windows, as a fraction of that base window (0.2: 8 voxels).
-        batch_size: windows per network call.
+        batch_size: windows per network call; None: 1 on the CPU, ``GPU_BATCH_SIZE`` on a GPU, where
+            one window at a time leaves the card waiting on kernel launches.
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 on CUDA and on CPUs with native bf16, else fp32), ``fp32`` or
             ``bf16`` for the network's arithmetic; the volume and the sampler stay in fp32.
@@ -97,7 +99,7 @@ class DenoiseOptions:
     seed: int = 0
     roi_size: tuple[int, int, int] | None = None
     overlap: float = 0.2
-    batch_size: int = 1
+    batch_size: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     flips: int = 1
@@ -163,7 +165,7 @@ class DenoiseOptions:
             raise MedidiffError(f"--overlap must lie in [0, 1), got {self.overlap}")
         if self.roi_size is not None and (len(self.roi_size) != 3 or min(self.roi_size) < MIN_SIZE):
             raise MedidiffError(f"--roi-size needs three sizes of at least {MIN_SIZE}, got {self.roi_size}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise MedidiffError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not 0 <= self.seed < 2**63:
             raise MedidiffError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
@@ -368,6 +370,7 @@ class _WindowedDenoiser:
         # the same overlap in voxels whatever each axis' window size: overlap x the base window
         self.overlap = tuple(min(0.5, opts.overlap * b / r) for b, r in zip(base, roi, strict=True))
         self.content = torch.from_numpy(content[self.box].astype(np.float32))[None, None]
+        self.batch_size = opts.batch_size or (GPU_BATCH_SIZE if device.type == "cuda" else 1)
         self.windows = 0
         self.skipped = 0
 
@@ -400,7 +403,7 @@ class _WindowedDenoiser:
             inside = sliding_window_inference(
                 torch.cat([x[box], self.content], dim=1),
                 roi_size=self.roi,
-                sw_batch_size=self.opts.batch_size,
+                sw_batch_size=self.batch_size,
                 predictor=lambda p: self._predict(p, sigma),
                 overlap=self.overlap,
                 mode="gaussian",
@@ -538,6 +541,7 @@ class Denoiser:
             "roi_size": stats.pop("roi_size", None),  # None when no volume needed the network
             "box": stats.pop("box", None),
             "overlap": opts.overlap,
+            "batch_size": opts.batch_size or (GPU_BATCH_SIZE if self.device.type == "cuda" else 1),
             "device": str(self.device),
             "precision": opts.precision,
             "wall_time_s": round(time.perf_counter() - started, 3),
@@ -611,7 +615,8 @@ class Denoiser:
         if opts.guided_radius:  # a second look at the scan, steered by the estimate (medidiff.refine)
             box = _grow_box(extent, roi, content.shape)  # the unmirrored windows' box
             mean[box] = refine.guided_average(
-                y[0, 0].numpy()[box], mean[box], sigma_y, rician=modality == "MR", radius=opts.guided_radius
+                y[0, 0].numpy()[box], mean[box], sigma_y, rician=modality == "MR", radius=opts.guided_radius,
+                device=self.device,
             )
         if opts.blend:  # a share of the input back in
             mean = (1.0 - opts.blend) * mean + opts.blend * y[0, 0].numpy()

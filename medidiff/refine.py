@@ -39,6 +39,7 @@ DATA_WIDTH = 2.5
 TRUNCATE = 4.0
 #: voxels along the first axis per slab (memory stays a few slabs whatever the volume)
 SLAB = 24
+DEVICE_SLAB = 128  # planes per slab on a GPU: fewer, larger kernels
 
 
 def gaussian_taps(smoothing: float) -> np.ndarray:
@@ -49,6 +50,22 @@ def gaussian_taps(smoothing: float) -> np.ndarray:
     delta = np.zeros(n)
     delta[n // 2] = 1.0
     return ndimage.gaussian_filter1d(delta, smoothing, mode="constant", truncate=TRUNCATE)
+
+
+def gaussian_smooth(x: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """``scipy.ndimage.gaussian_filter(.., smoothing, mode="nearest", truncate=TRUNCATE)`` in torch.
+
+    ``x``: (B, 1, X, Y, Z), each volume filtered on its own.
+    """
+    taps = torch.as_tensor(gaussian_taps(smoothing), dtype=x.dtype, device=x.device)
+    half = taps.numel() // 2
+    for axis in range(3):  # separable, with scipy's "nearest" (replicated) borders
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = taps.numel()
+        pad = [0] * 6
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = half
+        x = torch.nn.functional.conv3d(torch.nn.functional.pad(x, pad, mode="replicate"), taps.reshape(shape))
+    return x
 
 
 def smoothed_noise_factor(smoothing: float) -> float:
@@ -73,6 +90,7 @@ def guided_average(
     strength: float = STRENGTH,
     data_smoothing: float = DATA_SMOOTHING,
     data_width: float = DATA_WIDTH,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
     """Weighted mean of ``noisy`` over each voxel's neighbourhood, weights from ``guide`` and local means.
 
@@ -87,10 +105,27 @@ def guided_average(
             steer the weights too: a second factor ``exp(-(m_j - m_i)^2 / (2 (c s_m)^2))``, ``s_m`` the
             means' own noise std and ``c = data_width``. It keeps texture that the estimate smoothed.
         data_width: ``c`` above.
+        device: where the arithmetic runs (None: the CPU). On a GPU the slabs are larger and the
+            local means come from the same separable filter in torch; out of GPU memory, it runs on
+            the CPU instead.
 
     Returns:
         (X, Y, Z) float32 array.
     """
+    args = (noisy, guide, sigma, rician, radius, strength, data_smoothing, data_width)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type != "cpu":
+        try:
+            return _guided_average(*args, dev)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+    return _guided_average(*args, torch.device("cpu"))
+
+
+def _guided_average(
+    noisy: np.ndarray, guide: np.ndarray, sigma: float, rician: bool, radius: float, strength: float,
+    data_smoothing: float, data_width: float, dev: torch.device,
+) -> np.ndarray:
     if noisy.shape != guide.shape or noisy.ndim != 3:
         raise ValueError(f"noisy {noisy.shape} and guide {guide.shape} must be the same 3D shape")
     if radius < 1 or sigma <= 0:
@@ -100,8 +135,9 @@ def guided_average(
     offsets = neighbourhood(radius)
     use_means = data_smoothing > 0
 
-    def padded(a: np.ndarray, square: bool = False, scale: float = 1.0) -> torch.Tensor:
-        t = torch.from_numpy(np.array(a, dtype=np.float32))  # a copy, squared or scaled in place if asked
+    def padded(a: np.ndarray | torch.Tensor, square: bool = False, scale: float = 1.0) -> torch.Tensor:
+        # a copy on the device, squared or scaled in place if asked
+        t = torch.from_numpy(np.array(a, dtype=np.float32)).to(dev) if isinstance(a, np.ndarray) else a.clone()
         if square:
             t.square_()
         if scale != 1.0:
@@ -114,24 +150,30 @@ def guided_average(
     g_all = padded(guide, scale=math.sqrt(inv_h2))
     y_all = padded(noisy, square=rician)
     if use_means:  # one more padded copy
-        from scipy import ndimage
+        means: np.ndarray | torch.Tensor
+        if dev.type == "cpu":
+            from scipy import ndimage
 
-        scan = np.asarray(noisy, np.float32)
-        means = ndimage.gaussian_filter(scan, data_smoothing, mode="nearest", truncate=TRUNCATE)
+            means = ndimage.gaussian_filter(np.asarray(noisy, np.float32), data_smoothing, mode="nearest",
+                                            truncate=TRUNCATE)
+        else:
+            scan = torch.from_numpy(np.asarray(noisy, np.float32)).to(dev)[None, None]
+            means = gaussian_smooth(scan, data_smoothing)[0, 0]
         inv_m2 = 1.0 / (2.0 * (data_width * sigma * smoothed_noise_factor(data_smoothing)) ** 2)
         m_all = padded(means, scale=math.sqrt(inv_m2))
         del means
     X = guide.shape[0]
     out = np.empty(guide.shape, np.float32)
-    for start in range(0, X, SLAB):
-        n = min(SLAB, X - start)
+    slab = SLAB if dev.type == "cpu" else DEVICE_SLAB
+    for start in range(0, X, slab):
+        n = min(slab, X - start)
         g = g_all[start : start + n + 2 * r]
         y = y_all[start : start + n + 2 * r]
         m = m_all[start : start + n + 2 * r] if use_means else None
         mean, _ = _weighted_mean(g, y, m, r, offsets)
         if rician:
             mean = mean.sub_(2.0 * sigma**2).clamp_(min=0.0).sqrt_()
-        out[start : start + n] = mean.numpy()
+        out[start : start + n] = mean.cpu().numpy()
     return out
 
 
@@ -246,17 +288,7 @@ def guided_average_batch(
         y = padded(noisy.square() if rician else noisy)
         m = None
         if data_smoothing > 0:
-            taps = torch.as_tensor(gaussian_taps(data_smoothing), dtype=noisy.dtype, device=noisy.device)
-            means = noisy
-            for axis in range(3):  # separable, with scipy's "nearest" (replicated) borders
-                shape = [1, 1, 1, 1, 1]
-                shape[2 + axis] = taps.numel()
-                half = taps.numel() // 2
-                pad = [0] * 6
-                pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = half
-                means = torch.nn.functional.conv3d(
-                    torch.nn.functional.pad(means, pad, mode="replicate"), taps.reshape(shape)
-                )
+            means = gaussian_smooth(noisy, data_smoothing)
             width = math.sqrt(2.0) * data_width * smoothed_noise_factor(data_smoothing) * s
             m = padded(means / width)
     mean = _WeightedMean.apply(g, y, m, r, neighbourhood(radius))

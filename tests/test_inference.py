@@ -243,6 +243,15 @@ def test_a_sliver_of_signal_at_a_window_edge_is_denoised_not_blanked(den: Denois
     assert out[24:27, 10:14, 10:14].mean() > 0.4
 
 
+def test_batching_windows_gives_the_same_output_and_is_reported(den: Denoiser) -> None:
+    vol = _volume(shape=(40, 44, 40))
+    one = den.denoise_volume(vol, roi_size=(24, 24, 24), precision="fp32")
+    many = den.denoise_volume(vol, roi_size=(24, 24, 24), precision="fp32", batch_size=5)
+    assert one.info["batch_size"] == 1 and many.info["batch_size"] == 5  # one at a time on the CPU by default
+    assert one.info["windows"] == many.info["windows"] > 5
+    np.testing.assert_allclose(many.volume.data, one.volume.data, atol=1e-5)
+
+
 def test_windows_are_fitted_for_the_least_work_near_the_base_size() -> None:
     from medidiff.inference import WINDOW_GROWTH, fit_windows
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from medidiff import refine
 from medidiff.errors import MedidiffError
@@ -188,3 +189,46 @@ def test_batch_gradient_matches_finite_differences(rician: bool) -> None:
     assert torch.autograd.gradcheck(
         lambda g: refine.guided_average_batch(noisy, g, sigma, rician=rician, radius=1.5), (guide,)
     )
+
+
+def test_torch_gaussian_smoothing_matches_scipy() -> None:
+    from scipy import ndimage
+
+    x = np.random.default_rng(3).normal(size=(2, 1, 17, 12, 9)).astype(np.float32)
+    out = refine.gaussian_smooth(torch.from_numpy(x), 1.5).numpy()
+    for b in range(2):
+        ref = ndimage.gaussian_filter(x[b, 0], 1.5, mode="nearest", truncate=refine.TRUNCATE)
+        np.testing.assert_allclose(out[b, 0], ref, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("rician", [False, True])
+def test_gpu_guided_average_matches_the_cpu(rician: bool) -> None:
+    rng = np.random.default_rng(4)
+    clean = rng.uniform(0.2, 1.0, (150, 20, 24)).astype(np.float32)  # more planes than one GPU slab
+    noisy = add_rician_numpy(clean, 0.05, rng) if rician else clean + rng.normal(0, 0.05, clean.shape)
+    noisy = noisy.astype(np.float32)
+    cpu = guided_average(noisy, clean, 0.05, rician=rician)
+    gpu = guided_average(noisy, clean, 0.05, rician=rician, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, atol=1e-4)
+
+
+def test_the_cpu_path_is_used_when_the_device_is_out_of_memory(monkeypatch) -> None:
+    rng = np.random.default_rng(5)
+    clean = rng.uniform(0.2, 1.0, (12, 12, 12)).astype(np.float32)
+    noisy = (clean + rng.normal(0, 0.05, clean.shape)).astype(np.float32)
+    real = refine._guided_average
+    devices = []
+
+    def fake(*args):  # type: ignore[no-untyped-def]
+        devices.append(args[-1].type)
+        if args[-1].type != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(*args)
+
+    monkeypatch.setattr(refine, "_guided_average", fake)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    out = guided_average(noisy, clean, 0.05, rician=False, device="cuda")
+    assert devices == ["cuda", "cpu"]
+    np.testing.assert_array_equal(out, real(noisy, clean, 0.05, False, refine.RADIUS, refine.STRENGTH,
+                                            refine.DATA_SMOOTHING, refine.DATA_WIDTH, torch.device("cpu")))
