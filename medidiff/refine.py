@@ -117,7 +117,7 @@ def guided_average(
     if dev.type != "cpu":
         try:
             return _guided_average(*args, dev)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
     return _guided_average(*args, torch.device("cpu"))
 

@@ -169,6 +169,7 @@ def training_transforms(
     change that level.
     """
     from monai.transforms import (
+        CastToTyped,
         Compose,
         DeleteItemsd,
         EnsureTyped,
@@ -191,9 +192,10 @@ def training_transforms(
             normalize_intensityd(keys, modality),
             *_target_step(keys[-1], modality, target_cleanup),
             foreground_maskd(keys[-1], "foreground", 0.05 if modality == "MR" else 0.3),
-            # the crop's voxel lists, found once per volume; the whole-volume mask is then dropped, since
-            # the crop would deep-copy it into every sample
+            # the crop's voxel lists, found once per volume (int32: the memory the float mask took); the
+            # whole-volume mask is then dropped, since the crop would deep-copy it into every sample
             FgBgToIndicesd(keys="foreground"),
+            CastToTyped(keys=["foreground_fg_indices", "foreground_bg_indices"], dtype=np.int32),
             DeleteItemsd(keys="foreground"),
         ]
     )

@@ -223,7 +223,7 @@ def test_the_cpu_path_is_used_when_the_device_is_out_of_memory(monkeypatch) -> N
     def fake(*args):  # type: ignore[no-untyped-def]
         devices.append(args[-1].type)
         if args[-1].type != "cpu":
-            raise torch.OutOfMemoryError("CUDA out of memory")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return real(*args)
 
     monkeypatch.setattr(refine, "_guided_average", fake)

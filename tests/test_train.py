@@ -215,6 +215,31 @@ def test_recorrupt_records_each_scans_own_noise_and_trains(phantom_dir: Path, tm
     assert result.step == 2 and all(np.isfinite(r["loss"]) for r in _records(run))
 
 
+def test_patches_are_drawn_as_from_the_whole_volume_mask(phantom_dir: Path) -> None:
+    """Precomputed voxel lists give the patches MONAI's crop draws from the mask itself."""
+    from monai.transforms import RandCropByPosNegLabeld
+
+    from medidiff.config import load_config
+    from medidiff.data import PatchDataset
+
+    cfg = load_config(str(TINY_CONFIG), [f"data.train={phantom_dir}", "data.synthetic_phantoms=0"])
+    dataset = PatchDataset.from_config(cfg, "training")
+    volume = dataset.volumes[0]
+    assert "foreground" not in volume and volume["foreground_fg_indices"].dtype.itemsize == 4
+    shape = volume["image"].shape[1:]
+    mask = np.zeros(int(np.prod(shape)), np.float32)
+    mask[np.asarray(volume["foreground_fg_indices"])] = 1.0
+    crop = RandCropByPosNegLabeld(keys=["image"], label_key="foreground", spatial_size=cfg.data.patch_size,
+                                  pos=cfg.data.foreground_fraction, neg=1 - cfg.data.foreground_fraction)
+    for seed in range(5):
+        with_lists = dataset.augment.transforms[0]
+        with_lists.set_random_state(seed=seed)
+        crop.set_random_state(seed=seed)
+        ours = with_lists(dict(volume))[0]["image"]
+        theirs = crop({"image": volume["image"], "foreground": mask.reshape(1, *shape)})[0]["image"]
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+
+
 def test_recorrupt_refuses_ct_texture_noise() -> None:
     from medidiff.config import load_config
 
