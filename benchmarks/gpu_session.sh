@@ -8,17 +8,18 @@
 # Training starts from runs/mri-stage4.safetensors (see configs/mri-stage5.yaml for where it comes from).
 # DATA holds colin27_ch2_T1_brain_1mm.nii.gz, seg3d_T1_head.nii.gz and rorden_clinical_T2_1mm.nii.gz
 # (copies of ../shared/data/reference). Results land in OUT: gpu.json, throughput.json, train.log,
-# metrics.jsonl, mr-stage5.safetensors, large_ct.json; the rest goes to stdout. Each part runs under its
+# metrics.jsonl, mr-stage5.safetensors, large_ct.txt; the rest goes to stdout. Each part runs under its
 # own time limit; a failed part does not stop the next.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-DATA=$(cd "${DATA:?set DATA}" && pwd)
-OUT=${OUT:?set OUT}
+DATA=$(cd "${DATA:?set DATA to the folder of scans}" && pwd) || exit 2
+mkdir -p "${OUT:?set OUT to a results folder}" && OUT=$(cd "$OUT" && pwd) || exit 2
 TRAIN_SECONDS=${TRAIN_SECONDS:-180}
-mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-[ -f runs/mri-stage4.safetensors ] || echo "runs/mri-stage4.safetensors is missing: the training parts will fail" \
-    "(configs/mri-stage5.yaml says how to get it)"
+if [ ! -f runs/mri-stage4.safetensors ]; then
+    echo "runs/mri-stage4.safetensors is missing (configs/mri-stage5.yaml says how to get it)" >&2
+    exit 2
+fi
 stamp() { echo "[$(date +%T)] $*"; }
 
 stamp "devices"
@@ -57,5 +58,5 @@ python3 -m medidiff export runs/mri-stage5 -o "$OUT/mr-stage5.safetensors" --for
 stamp "export exit $?"
 
 stamp "a 512x512x400 CT with medidiff denoise, default settings"
-timeout 150 python3 benchmarks/large_ct_memory.py > "$OUT/large_ct.json"
-stamp "large CT exit $?"; cat "$OUT/large_ct.json"
+timeout 150 python3 benchmarks/large_ct_memory.py > "$OUT/large_ct.txt"
+stamp "large CT exit $?"; cat "$OUT/large_ct.txt"

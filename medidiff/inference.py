@@ -58,6 +58,11 @@ WINDOW_GROWTH = 16  # ... grown by at most this many voxels when fewer, larger w
 GPU_BATCH_SIZE = 16  # windows per network call on a GPU when --batch-size is not given (1 on the CPU)
 
 
+def windows_per_call(batch_size: int | None, device: torch.device) -> int:
+    """Windows per network call: ``batch_size`` when given, else 1 on the CPU and ``GPU_BATCH_SIZE`` on a GPU."""
+    return batch_size or (GPU_BATCH_SIZE if device.type == "cuda" else 1)
+
+
 @dataclass(frozen=True)
 class DenoiseOptions:
     """How to denoise. ``None`` means "the default for this model/modality".
@@ -370,7 +375,7 @@ class _WindowedDenoiser:
         # the same overlap in voxels whatever each axis' window size: overlap x the base window
         self.overlap = tuple(min(0.5, opts.overlap * b / r) for b, r in zip(base, roi, strict=True))
         self.content = torch.from_numpy(content[self.box].astype(np.float32))[None, None]
-        self.batch_size = opts.batch_size or (GPU_BATCH_SIZE if device.type == "cuda" else 1)
+        self.batch_size = windows_per_call(opts.batch_size, device)
         self.windows = 0
         self.skipped = 0
 
@@ -541,7 +546,7 @@ class Denoiser:
             "roi_size": stats.pop("roi_size", None),  # None when no volume needed the network
             "box": stats.pop("box", None),
             "overlap": opts.overlap,
-            "batch_size": opts.batch_size or (GPU_BATCH_SIZE if self.device.type == "cuda" else 1),
+            "batch_size": windows_per_call(opts.batch_size, self.device),
             "device": str(self.device),
             "precision": opts.precision,
             "wall_time_s": round(time.perf_counter() - started, 3),

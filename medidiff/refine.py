@@ -20,12 +20,15 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 #: neighbourhood radius in voxels: a ball of 203 voxels (the MR default; CT's is in medidiff.inference)
 RADIUS = 3.7
@@ -59,12 +62,16 @@ def gaussian_smooth(x: torch.Tensor, smoothing: float) -> torch.Tensor:
     """
     taps = torch.as_tensor(gaussian_taps(smoothing), dtype=x.dtype, device=x.device)
     half = taps.numel() // 2
-    for axis in range(3):  # separable, with scipy's "nearest" (replicated) borders
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = taps.numel()
-        pad = [0] * 6
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = half
-        x = torch.nn.functional.conv3d(torch.nn.functional.pad(x, pad, mode="replicate"), taps.reshape(shape))
+    cudnn = torch.backends.cudnn
+    # full float32 on GPUs, whose convolutions may otherwise round inputs to TF32's 10-bit mantissa
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                     allow_tf32=False):
+        for axis in range(3):  # separable, with scipy's "nearest" (replicated) borders
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = taps.numel()
+            pad = [0] * 6
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = half
+            x = torch.nn.functional.conv3d(torch.nn.functional.pad(x, pad, mode="replicate"), taps.reshape(shape))
     return x
 
 
@@ -118,7 +125,9 @@ def guided_average(
         try:
             return _guided_average(*args, dev)
         except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
+            pass
+        torch.cuda.empty_cache()  # outside the handler, so the failed call's tensors are gone
+        log.warning("guided averaging ran out of GPU memory; running it on the CPU")
     return _guided_average(*args, torch.device("cpu"))
 
 
@@ -136,8 +145,8 @@ def _guided_average(
     use_means = data_smoothing > 0
 
     def padded(a: np.ndarray | torch.Tensor, square: bool = False, scale: float = 1.0) -> torch.Tensor:
-        # a copy on the device, squared or scaled in place if asked
-        t = torch.from_numpy(np.array(a, dtype=np.float32)).to(dev) if isinstance(a, np.ndarray) else a.clone()
+        # arrays are copied to the device; a tensor is one made here, squared or scaled in place if asked
+        t = torch.from_numpy(np.array(a, dtype=np.float32)).to(dev) if isinstance(a, np.ndarray) else a
         if square:
             t.square_()
         if scale != 1.0:
@@ -159,6 +168,7 @@ def _guided_average(
         else:
             scan = torch.from_numpy(np.asarray(noisy, np.float32)).to(dev)[None, None]
             means = gaussian_smooth(scan, data_smoothing)[0, 0]
+            del scan
         inv_m2 = 1.0 / (2.0 * (data_width * sigma * smoothed_noise_factor(data_smoothing)) ** 2)
         m_all = padded(means, scale=math.sqrt(inv_m2))
         del means

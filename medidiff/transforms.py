@@ -160,7 +160,7 @@ def training_transforms(
 ) -> tuple[Any, Any]:
     """(deterministic, random) MONAI pipelines for training.
 
-    The deterministic part (orientation to RAS, normalization, foreground mask) is cached once per
+    The deterministic part (orientation to RAS, normalization, foreground voxel lists) is cached once per
     volume; the random part (foreground-weighted patch, flips, 90-degree rotations in the axial
     plane, MR contrast jitter) runs per sample with a seed derived from the sample index, so a run
     resumed from a checkpoint draws exactly the patches the uninterrupted run would have drawn.

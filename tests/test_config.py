@@ -78,3 +78,12 @@ def test_patch_size_must_fit_the_unet_depth() -> None:
 def test_bad_override_syntax() -> None:
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(None, ["train.max_steps"])
+
+
+def test_an_unknown_key_with_a_newline_stays_on_one_line() -> None:
+    from medidiff.config import config_from_dict
+
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"train": {"lr\nx": 1}})
+    text = str(exc.value)
+    assert "\n" not in text and "unknown config key 'train.lr\\nx'" in text, text

@@ -252,6 +252,14 @@ def test_batching_windows_gives_the_same_output_and_is_reported(den: Denoiser) -
     np.testing.assert_allclose(many.volume.data, one.volume.data, atol=1e-5)
 
 
+def test_windows_per_call_default_to_one_on_the_cpu_and_more_on_a_gpu() -> None:
+    from medidiff.inference import GPU_BATCH_SIZE, windows_per_call
+
+    assert windows_per_call(None, torch.device("cpu")) == 1
+    assert windows_per_call(None, torch.device("cuda")) == GPU_BATCH_SIZE > 1
+    assert windows_per_call(3, torch.device("cuda")) == windows_per_call(3, torch.device("cpu")) == 3
+
+
 def test_windows_are_fitted_for_the_least_work_near_the_base_size() -> None:
     from medidiff.inference import WINDOW_GROWTH, fit_windows
 
