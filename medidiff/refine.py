@@ -144,34 +144,35 @@ def _guided_average(
     offsets = neighbourhood(radius)
     use_means = data_smoothing > 0
 
-    def padded(a: np.ndarray | torch.Tensor, square: bool = False, scale: float = 1.0) -> torch.Tensor:
-        # arrays are copied to the device; a tensor is one made here, squared or scaled in place if asked
-        t = torch.from_numpy(np.array(a, dtype=np.float32)).to(dev) if isinstance(a, np.ndarray) else a
+    def padded(t: torch.Tensor, square: bool = False, scale: float = 1.0) -> torch.Tensor:
+        """``t`` (a copy made here) squared or scaled in place if asked, then padded by ``r``."""
         if square:
             t.square_()
         if scale != 1.0:
             t.mul_(scale)
         return torch.nn.functional.pad(t[None, None], (r,) * 6, mode="replicate")[0, 0]
 
+    def on_device(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(a, dtype=np.float32)).to(dev)  # always a copy
+
     # memory: the padded copies (scan, estimate, local means) and the output, about four copies of the input
     # the estimate and the local means are stored divided by their range-kernel widths, so a weight
     # is exp(-(d_g^2 + d_m^2)) of plain differences
-    g_all = padded(guide, scale=math.sqrt(inv_h2))
-    y_all = padded(noisy, square=rician)
+    g_all = padded(on_device(guide), scale=math.sqrt(inv_h2))
+    scan = on_device(noisy)  # one copy of the scan: the local means are taken from it, then it is padded
     if use_means:  # one more padded copy
-        means: np.ndarray | torch.Tensor
         if dev.type == "cpu":
             from scipy import ndimage
 
-            means = ndimage.gaussian_filter(np.asarray(noisy, np.float32), data_smoothing, mode="nearest",
-                                            truncate=TRUNCATE)
+            means = torch.from_numpy(ndimage.gaussian_filter(scan.numpy(), data_smoothing, mode="nearest",
+                                                             truncate=TRUNCATE))
         else:
-            scan = torch.from_numpy(np.asarray(noisy, np.float32)).to(dev)[None, None]
-            means = gaussian_smooth(scan, data_smoothing)[0, 0]
-            del scan
+            means = gaussian_smooth(scan[None, None], data_smoothing)[0, 0]
         inv_m2 = 1.0 / (2.0 * (data_width * sigma * smoothed_noise_factor(data_smoothing)) ** 2)
         m_all = padded(means, scale=math.sqrt(inv_m2))
         del means
+    y_all = padded(scan, square=rician)
+    del scan
     X = guide.shape[0]
     out = np.empty(guide.shape, np.float32)
     slab = SLAB if dev.type == "cpu" else DEVICE_SLAB
