@@ -42,7 +42,7 @@ def main() -> None:
     for spec in args.models:
         den = Denoiser(model=spec, device="cpu")
 
-        def run(y: np.ndarray, affine: np.ndarray, **options: float) -> np.ndarray:
+        def run(y: np.ndarray, affine: np.ndarray, den: Denoiser = den, **options: float) -> np.ndarray:
             return den.denoise_volume(Volume.from_array(y, affine, modality="MR"), **options).volume.data[0]
 
         print(spec, flush=True)
