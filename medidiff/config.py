@@ -52,13 +52,15 @@ class NoiseConfig:
     ``kind``: ``rician`` (MR magnitude), ``ct`` (correlated FBP-like texture) or ``gaussian``.
     Levels are drawn log-uniformly in [``scan_sigma_min``, ``scan_sigma_max``] with probability
     ``scan_fraction`` (the range real scans live in), otherwise log-uniformly over the whole
-    schedule range with Gaussian noise (the generative path).
+    schedule range with Gaussian noise (the generative path). ``ct_ramp``: the range of the CT
+    texture's ramp exponent (1: FBP; 0: white or coarse grain), drawn per patch.
     """
 
     kind: Literal["rician", "ct", "gaussian"] = "rician"
     scan_sigma_min: float = 0.005
     scan_sigma_max: float = 0.3
     scan_fraction: float = 0.85
+    ct_ramp: list[float] = field(default_factory=lambda: [1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,9 @@ def _validate(cfg: Config) -> None:
         )
     if not 0.0 <= cfg.noise.scan_fraction <= 1.0:
         raise ConfigError("noise.scan_fraction must lie in [0, 1]")
+    ramp = cfg.noise.ct_ramp
+    if len(ramp) != 2 or not 0.0 <= ramp[0] <= ramp[1] <= 2.0:
+        raise ConfigError(f"noise.ct_ramp must be [lo, hi] with 0 <= lo <= hi <= 2, got {ramp}")
     if cfg.train.save_every < 1 or cfg.train.log_every < 1:
         raise ConfigError("train.save_every and train.log_every must be at least 1")
     try:

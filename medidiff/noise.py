@@ -54,17 +54,21 @@ def add_rician_numpy(x0: np.ndarray, sigma: float, rng: np.random.Generator, n_c
     return np.sqrt(power).astype(np.float32)
 
 
-def _ramp_filter(shape: tuple[int, int], device: torch.device, smoothness: float = 1.0) -> torch.Tensor:
-    """Amplitude filter whose power spectrum is |f| times a Hann window to the power ``smoothness``.
+def _ramp_filter(
+    shape: tuple[int, int], device: torch.device, smoothness: float = 1.0, ramp: float = 1.0
+) -> torch.Tensor:
+    """Amplitude filter whose power spectrum is |f|^``ramp`` times a Hann window to the power ``smoothness``.
 
-    That is the shape of FBP noise: a ramp (no power at zero frequency) apodized by the
-    reconstruction kernel; ``smoothness`` 0 is a sharp (pure ramp) kernel, 2 a soft one.
+    With ``ramp`` 1 that is the shape of FBP noise: a ramp (no power at zero frequency) apodized by
+    the reconstruction kernel; ``smoothness`` 0 is a sharp (pure ramp) kernel, 2 a soft one. Lower
+    ``ramp`` moves power to low frequencies: 0 with ``smoothness`` 0 is white noise (in-plane), 0
+    with a soft kernel the coarse, blotchy grain of iteratively reconstructed or resampled scans.
     """
     fx = torch.fft.fftfreq(shape[0], device=device)[:, None]
     fy = torch.fft.fftfreq(shape[1], device=device)[None, :]
     radius = torch.sqrt(fx**2 + fy**2) / 0.5  # 1.0 at the Nyquist frequency along an axis
     window = torch.where(radius < 1.0, 0.5 * (1.0 + torch.cos(math.pi * radius)), torch.zeros_like(radius))
-    return torch.sqrt(radius * window**smoothness + 1e-12)
+    return torch.sqrt(radius**ramp * window**smoothness + 1e-12)
 
 
 def add_ct_noise(
@@ -72,22 +76,27 @@ def add_ct_noise(
     sigma: torch.Tensor | float,
     generator: torch.Generator | None = None,
     smoothness: float | None = None,
+    ramp: float | tuple[float, float] = 1.0,
 ) -> torch.Tensor:
     """``x0`` plus in-plane correlated noise of pixel std ``sigma`` (FBP-like texture).
 
     ``x0`` is (..., X, Y, Z) with axial slices in the (X, Y) plane, as in CT scans stored axially.
     ``smoothness`` sets the reconstruction kernel (see :func:`_ramp_filter`); None draws it
     uniformly from [0, 2] (per sample for a 5D batch) so a model trained on it meets sharp and soft
-    kernels alike.
+    kernels alike. ``ramp`` is the exponent of the ramp (1: FBP); a pair (lo, hi) draws it
+    uniformly per sample, after the kernel.
     """
     if smoothness is None and x0.ndim == 5:  # a batch (B, C, X, Y, Z): one kernel per sample
         sig = torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device).expand(x0.shape[0], *([1] * 4))
-        return torch.stack([add_ct_noise(x0[i], sig[i], generator) for i in range(x0.shape[0])])
+        return torch.stack([add_ct_noise(x0[i], sig[i], generator, ramp=ramp) for i in range(x0.shape[0])])
     white = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=torch.float32)
     if smoothness is None:
         smoothness = 2.0 * float(torch.rand((), generator=generator, device=x0.device))
+    if not isinstance(ramp, int | float):
+        lo, hi = ramp
+        ramp = lo + (hi - lo) * float(torch.rand((), generator=generator, device=x0.device)) if hi > lo else lo
     plane = white.movedim(-1, -3)  # (..., Z, X, Y)
-    filt = _ramp_filter((plane.shape[-2], plane.shape[-1]), x0.device, smoothness)
+    filt = _ramp_filter((plane.shape[-2], plane.shape[-1]), x0.device, smoothness, float(ramp))
     shaped = torch.fft.ifft2(torch.fft.fft2(plane) * filt).real
     shaped = shaped / shaped.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
     noise = shaped.movedim(-3, -1).to(x0.dtype)
@@ -95,13 +104,20 @@ def add_ct_noise(
 
 
 def add_noise(
-    x0: torch.Tensor, sigma: torch.Tensor | float, kind: NoiseKind, generator: torch.Generator | None = None
+    x0: torch.Tensor,
+    sigma: torch.Tensor | float,
+    kind: NoiseKind,
+    generator: torch.Generator | None = None,
+    ct_ramp: float | tuple[float, float] = 1.0,
 ) -> torch.Tensor:
-    """Dispatch to the noise model ``kind`` (``rician``, ``gaussian`` or ``ct``)."""
+    """Dispatch to the noise model ``kind`` (``rician``, ``gaussian`` or ``ct``).
+
+    ``ct_ramp``: the ramp exponent of CT noise, a value or a (lo, hi) range (:func:`add_ct_noise`).
+    """
     if kind == "rician":
         return add_rician(x0, sigma, generator)
     if kind == "ct":
-        return add_ct_noise(x0, sigma, generator)
+        return add_ct_noise(x0, sigma, generator, ramp=ct_ramp)
     if kind == "gaussian":
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return x0 + torch.as_tensor(sigma, dtype=x0.dtype, device=x0.device) * noise

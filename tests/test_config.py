@@ -13,7 +13,7 @@ from medidiff.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["tiny", "mri", "mri-finetune", "mri-mask", "ct", "ct-finetune"])
+@pytest.mark.parametrize("name", ["tiny", "mri", "mri-finetune", "mri-mask", "ct", "ct-finetune", "ct-textures"])
 def test_presets_load(name: str) -> None:
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert isinstance(cfg, Config)
@@ -73,6 +73,12 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
 def test_patch_size_must_fit_the_unet_depth() -> None:
     with pytest.raises(ConfigError, match="divisible"):
         load_config(None, ["data.patch_size=[20, 20, 20]"])
+
+
+@pytest.mark.parametrize("ramp", ["[1.0]", "[0.8, 0.2]", "[-0.5, 1.0]", "[0.0, 3.0]"])
+def test_ct_ramp_must_be_an_ordered_range_in_0_2(ramp: str) -> None:
+    with pytest.raises(ConfigError, match="noise.ct_ramp"):
+        load_config(None, [f"noise.ct_ramp={ramp}"])
 
 
 def test_bad_override_syntax() -> None:

@@ -53,6 +53,39 @@ def test_softer_ct_kernel_gives_more_neighbour_correlation() -> None:
     assert corr(0.0) < corr(1.0) < corr(2.0)
 
 
+def test_ct_noise_without_ramp_and_kernel_is_white() -> None:
+    noise = add_ct_noise(torch.zeros(64, 64, 16), 1.0, torch.Generator().manual_seed(0), smoothness=0.0, ramp=0.0)
+    assert float(noise.std()) == pytest.approx(1.0, rel=0.02)
+    power = (torch.fft.fft2(noise.movedim(-1, 0)).abs() ** 2).mean(dim=0)
+    f = torch.sqrt(torch.fft.fftfreq(64)[:, None] ** 2 + torch.fft.fftfreq(64)[None, :] ** 2)
+    low = float(power[(f > 0) & (f < 0.1)].mean())
+    high = float(power[(f > 0.3) & (f < 0.45)].mean())
+    assert low == pytest.approx(high, rel=0.2)
+
+
+def test_lower_ramp_exponent_gives_coarser_grain() -> None:
+    def corr(ramp: float) -> float:
+        n = add_ct_noise(torch.zeros(64, 64, 8), 1.0, torch.Generator().manual_seed(0), smoothness=1.0, ramp=ramp)
+        return float(torch.corrcoef(torch.stack([n[:-1].flatten(), n[1:].flatten()]))[0, 1])
+
+    assert corr(1.0) < corr(0.5) < corr(0.0)
+
+
+def test_ct_ramp_range_draws_between_its_ends_and_a_point_range_keeps_the_fbp_stream() -> None:
+    x0 = torch.zeros(4, 1, 32, 32, 4)
+    fbp = add_noise(x0, 1.0, "ct", torch.Generator().manual_seed(3))
+    assert torch.equal(fbp, add_noise(x0, 1.0, "ct", torch.Generator().manual_seed(3), ct_ramp=(1.0, 1.0)))
+
+    def corr(ramp: float | tuple[float, float], seed: int) -> float:
+        n = add_ct_noise(torch.zeros(64, 64, 4), 1.0, torch.Generator().manual_seed(seed), smoothness=1.0, ramp=ramp)
+        return float(torch.corrcoef(torch.stack([n[:-1].flatten(), n[1:].flatten()]))[0, 1])
+
+    # the same seed gives the same white noise, so the grain of a drawn exponent lies between the ends'
+    drawn = [corr((0.0, 1.0), seed) for seed in range(8)]
+    assert all(corr(1.0, seed) <= d <= corr(0.0, seed) for seed, d in enumerate(drawn))
+    assert np.ptp(drawn) > 0.05  # the exponent is drawn, not fixed
+
+
 def test_add_noise_rejects_unknown_kind() -> None:
     with pytest.raises(ValueError, match="rician"):
         add_noise(torch.zeros(4), 0.1, "poisson")  # type: ignore[arg-type]
