@@ -82,7 +82,8 @@ def make_noisy(
     from medidiff.noise import add_noise
 
     s = sigma.view(-1, 1, 1, 1, 1)
-    realistic = add_noise(x0, s, cfg.noise.kind, generator, ct_ramp=tuple(cfg.noise.ct_ramp))
+    ramp_lo, ramp_hi = cfg.noise.ct_ramp  # two entries, checked when the config loads
+    realistic = add_noise(x0, s, cfg.noise.kind, generator, ct_ramp=(ramp_lo, ramp_hi))
     gaussian = add_noise(x0, s, "gaussian", generator)
     return torch.where(scan.view(-1, 1, 1, 1, 1), realistic, gaussian)
 
