@@ -279,6 +279,8 @@ def _validate(cfg: Config) -> None:
     ramp = cfg.noise.ct_ramp
     if len(ramp) != 2 or not 0.0 <= ramp[0] <= ramp[1] <= 2.0:
         raise ConfigError(f"noise.ct_ramp must be [lo, hi] with 0 <= lo <= hi <= 2, got {ramp}")
+    if cfg.noise.kind != "ct" and list(ramp) != [1.0, 1.0]:
+        raise ConfigError(f'noise.ct_ramp sets the CT noise texture and needs noise.kind "ct", not "{cfg.noise.kind}"')
     if cfg.train.save_every < 1 or cfg.train.log_every < 1:
         raise ConfigError("train.save_every and train.log_every must be at least 1")
     try:

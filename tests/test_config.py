@@ -78,7 +78,13 @@ def test_patch_size_must_fit_the_unet_depth() -> None:
 @pytest.mark.parametrize("ramp", ["[1.0]", "[0.8, 0.2]", "[-0.5, 1.0]", "[0.0, 3.0]"])
 def test_ct_ramp_must_be_an_ordered_range_in_0_2(ramp: str) -> None:
     with pytest.raises(ConfigError, match="noise.ct_ramp"):
-        load_config(None, [f"noise.ct_ramp={ramp}"])
+        load_config(None, ["noise.kind=ct", f"noise.ct_ramp={ramp}"])
+
+
+def test_ct_ramp_takes_integers_and_needs_ct_noise() -> None:
+    assert load_config(None, ["noise.kind=ct", "noise.ct_ramp=[0, 1]"]).noise.ct_ramp == [0, 1]
+    with pytest.raises(ConfigError, match='needs noise.kind "ct"'):
+        load_config(None, ["noise.ct_ramp=[0.0, 1.0]"])
 
 
 def test_bad_override_syntax() -> None:
