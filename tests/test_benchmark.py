@@ -99,13 +99,30 @@ def test_repository_config_mirrors_the_defaults(tmp_path: Path) -> None:
     assert Path(shipped.data_dir) == benchmark.DEFAULT_DATA_DIR.resolve()
 
 
-@pytest.mark.parametrize("name", ["ct_abdomen_in_sample.yaml", "mr_mni152.yaml"])
+@pytest.mark.parametrize("name", ["ct_abdomen_in_sample.yaml", "mr_mni152.yaml", "mr_phantom_head.yaml"])
 def test_extra_benchmark_configs_load(name: str, tmp_path: Path) -> None:
     """The configs under benchmarks/ that docs/benchmarks.md runs: valid keys, one case each."""
     cfg = benchmark.load_benchmark_config(Path(__file__).parents[1] / "benchmarks" / name, data_dir=tmp_path)
     assert len(cfg.cases) == 1
     assert set(cfg.methods) <= set(benchmark.METHODS)
     assert Path(cfg.data_dir) == tmp_path.resolve()
+
+
+def test_phantom_benchmark_case_is_the_file_write_phantom_makes(tmp_path: Path) -> None:
+    """benchmarks/write_phantom.py writes the head the phantom benchmark config reads, geometry included."""
+    import subprocess
+    import sys
+
+    from medidiff.phantom import head_phantom, phantom_affine
+
+    root = Path(__file__).parents[1]
+    cfg = benchmark.load_benchmark_config(root / "benchmarks" / "mr_phantom_head.yaml", data_dir=tmp_path)
+    out = tmp_path / cfg.cases[0].file
+    cmd = [sys.executable, str(root / "benchmarks" / "write_phantom.py"), str(out), "--shape", "24", "32", "24"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    img = nib.load(str(out))
+    np.testing.assert_array_equal(np.asarray(img.dataobj), head_phantom((24, 32, 24), "T1", seed=7001))
+    np.testing.assert_allclose(img.affine, phantom_affine((24, 32, 24), 1.0))
 
 
 @pytest.mark.parametrize(
