@@ -6,11 +6,12 @@ Usage: python benchmarks/ct_noise_textures.py [--models ct RUN_OR_FILE ...] [--t
 The benchmark's chest CTA case (configs/benchmark.yaml: same scan, body mask, HU window and
 scoring) with noise of each level in HU:
 
-* ``fbp``: the benchmark's own projection-domain low-dose simulation (the same draws as
-  ``medidiff benchmark``; the level is the target, the realized std is printed);
-* ``white``: image-domain white Gaussian noise (seed 7), a common simulation shortcut;
+* ``fbp``: the benchmark's own projection-domain low-dose simulation (``make_samples`` with the
+  benchmark's seed, the CT case alone, so another draw than ``medidiff benchmark``'s; the level is
+  the target, the realized std is printed);
+* ``white``: image-domain white Gaussian noise (seeded by the level), a common simulation shortcut;
 * ``coarse``: low-frequency in-plane grain (``add_ct_noise`` with a soft kernel and no ramp),
-  like the blotchy texture of iterative reconstruction or of resampled scans (seed 8).
+  like the blotchy texture of iterative reconstruction or of resampled scans (seeded by the level).
 
 Each model runs medidiff's defaults (sigma estimated); ``--true-sigma`` adds a run of each given the
 added noise's std, as the anchors are. With ``--anchors`` DIPY's classic NLM (the

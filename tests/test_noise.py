@@ -28,6 +28,24 @@ def test_noncentral_chi_has_higher_floor_with_more_coils() -> None:
     assert four > one * 1.5
 
 
+def _inplane_power(noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Power spectrum of (64, 64, Z) noise averaged over its axial slices, and each bin's radial frequency."""
+    power = (torch.fft.fft2(noise.movedim(-1, 0)).abs() ** 2).mean(dim=0)
+    f = torch.sqrt(torch.fft.fftfreq(64)[:, None] ** 2 + torch.fft.fftfreq(64)[None, :] ** 2)
+    return power, f
+
+
+def _neighbour_corr(
+    smoothness: float,
+    ramp: float | tuple[float, float] = 1.0,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (64, 64, 8),
+) -> float:
+    """Correlation of in-plane neighbours (first axis) in unit CT noise of this kernel and ramp."""
+    n = add_ct_noise(torch.zeros(shape), 1.0, torch.Generator().manual_seed(seed), smoothness=smoothness, ramp=ramp)
+    return float(torch.corrcoef(torch.stack([n[:-1].flatten(), n[1:].flatten()]))[0, 1])
+
+
 @pytest.mark.parametrize("smoothness", [0.0, 1.0, 2.0])
 def test_ct_noise_has_requested_std_zero_mean_and_fbp_texture(smoothness: float) -> None:
     x0 = torch.zeros(64, 64, 16)
@@ -35,8 +53,7 @@ def test_ct_noise_has_requested_std_zero_mean_and_fbp_texture(smoothness: float)
     assert float(noise.std()) == pytest.approx(0.025, rel=0.02)
     assert abs(float(noise.mean())) < 1e-3
     # FBP noise has a ramp-shaped spectrum: almost no power near zero frequency
-    power = (torch.fft.fft2(noise.movedim(-1, 0)).abs() ** 2).mean(dim=0)
-    f = torch.sqrt(torch.fft.fftfreq(64)[:, None] ** 2 + torch.fft.fftfreq(64)[None, :] ** 2)
+    power, f = _inplane_power(noise)
     low = float(power[(f > 0) & (f < 0.04)].mean())
     mid = float(power[(f > 0.15) & (f < 0.25)].mean())
     assert low < 0.35 * mid
@@ -46,29 +63,20 @@ def test_ct_noise_has_requested_std_zero_mean_and_fbp_texture(smoothness: float)
 
 
 def test_softer_ct_kernel_gives_more_neighbour_correlation() -> None:
-    def corr(smoothness: float) -> float:
-        n = add_ct_noise(torch.zeros(64, 64, 8), 1.0, torch.Generator().manual_seed(0), smoothness=smoothness)
-        return float(torch.corrcoef(torch.stack([n[:-1].flatten(), n[1:].flatten()]))[0, 1])
-
-    assert corr(0.0) < corr(1.0) < corr(2.0)
+    assert _neighbour_corr(smoothness=0.0) < _neighbour_corr(smoothness=1.0) < _neighbour_corr(smoothness=2.0)
 
 
 def test_ct_noise_without_ramp_and_kernel_is_white() -> None:
     noise = add_ct_noise(torch.zeros(64, 64, 16), 1.0, torch.Generator().manual_seed(0), smoothness=0.0, ramp=0.0)
     assert float(noise.std()) == pytest.approx(1.0, rel=0.02)
-    power = (torch.fft.fft2(noise.movedim(-1, 0)).abs() ** 2).mean(dim=0)
-    f = torch.sqrt(torch.fft.fftfreq(64)[:, None] ** 2 + torch.fft.fftfreq(64)[None, :] ** 2)
+    power, f = _inplane_power(noise)
     low = float(power[(f > 0) & (f < 0.1)].mean())
     high = float(power[(f > 0.3) & (f < 0.45)].mean())
     assert low == pytest.approx(high, rel=0.2)
 
 
 def test_lower_ramp_exponent_gives_coarser_grain() -> None:
-    def corr(ramp: float) -> float:
-        n = add_ct_noise(torch.zeros(64, 64, 8), 1.0, torch.Generator().manual_seed(0), smoothness=1.0, ramp=ramp)
-        return float(torch.corrcoef(torch.stack([n[:-1].flatten(), n[1:].flatten()]))[0, 1])
-
-    assert corr(1.0) < corr(0.5) < corr(0.0)
+    assert _neighbour_corr(1.0, ramp=1.0) < _neighbour_corr(1.0, ramp=0.5) < _neighbour_corr(1.0, ramp=0.0)
 
 
 def test_ct_ramp_range_draws_between_its_ends_and_a_point_range_keeps_the_fbp_stream() -> None:
@@ -77,10 +85,9 @@ def test_ct_ramp_range_draws_between_its_ends_and_a_point_range_keeps_the_fbp_st
     assert torch.equal(fbp, add_noise(x0, 1.0, "ct", torch.Generator().manual_seed(3), ct_ramp=(1.0, 1.0)))
 
     def corr(ramp: float | tuple[float, float], seed: int) -> float:
-        n = add_ct_noise(torch.zeros(64, 64, 4), 1.0, torch.Generator().manual_seed(seed), smoothness=1.0, ramp=ramp)
-        return float(torch.corrcoef(torch.stack([n[:-1].flatten(), n[1:].flatten()]))[0, 1])
+        return _neighbour_corr(1.0, ramp=ramp, seed=seed, shape=(64, 64, 4))
 
-    # the same seed gives the same white noise, so the grain of a drawn exponent lies between the ends'
+    # the same seed gives the same white noise, so the grain of a drawn exponent lies between the ends
     drawn = [corr((0.0, 1.0), seed) for seed in range(8)]
     assert all(corr(1.0, seed) <= d <= corr(0.0, seed) for seed, d in enumerate(drawn))
     assert np.ptp(drawn) > 0.05  # the exponent is drawn, not fixed
