@@ -4,8 +4,10 @@
 # configs/mri-stage5.yaml sized to TRAIN_SECONDS of steps at the measured rate, exported to fp16, and
 # the 512x512x400 CT of large_ct_memory.py through `medidiff denoise`.
 #
-# Usage: DATA=DIR OUT=DIR [TRAIN_SECONDS=180] bash benchmarks/gpu_session.sh
-# Training starts from runs/mri-stage4.safetensors (see configs/mri-stage5.yaml for where it comes from).
+# Usage: DATA=DIR OUT=DIR [TRAIN_SECONDS=180] [INIT=FILE] bash benchmarks/gpu_session.sh
+# Training starts from INIT: by default runs/mri-stage4.safetensors (see configs/mri-stage5.yaml for
+# where it comes from), which made stage 5; INIT=medidiff/weights/mr.safetensors trains on from the
+# shipped model instead.
 # DATA holds colin27_ch2_T1_brain_1mm.nii.gz, seg3d_T1_head.nii.gz and rorden_clinical_T2_1mm.nii.gz
 # (copies of ../shared/data/reference). Results land in OUT: gpu.json, throughput.json, train.log,
 # metrics.jsonl, mr-stage5.safetensors, large_ct.txt; the rest goes to stdout. Each part runs under its
@@ -16,10 +18,12 @@ mkdir -p "${OUT:?set OUT to a results folder}" && OUT=$(cd "$OUT" && pwd) || exi
 TRAIN_SECONDS=${TRAIN_SECONDS:-180}
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-if [ ! -f runs/mri-stage4.safetensors ]; then
-    echo "runs/mri-stage4.safetensors is missing (configs/mri-stage5.yaml says how to get it)" >&2
+INIT=${INIT:-runs/mri-stage4.safetensors}
+if [ ! -f "$INIT" ]; then
+    echo "$INIT is missing (configs/mri-stage5.yaml says how to get runs/mri-stage4.safetensors)" >&2
     exit 2
 fi
+INIT=$(cd "$(dirname "$INIT")" && pwd)/$(basename "$INIT")
 stamp() { echo "[$(date +%T)] $*"; }
 
 stamp "devices"
@@ -51,7 +55,7 @@ steps=$(python3 -c "import sys; print(max(100, int(float(sys.argv[1]) * float(sy
 stamp "training configs/mri-stage5.yaml for $steps steps ($rate steps/s measured)"
 rm -rf runs/mri-stage5
 timeout --signal=INT --kill-after=30 $((TRAIN_SECONDS + 150)) python3 -m medidiff train --config configs/mri-stage5.yaml \
-    --progress log --set "$train_set" --set "$val_set" --set "train.max_steps=$steps" "${workers[@]}" > "$OUT/train.log" 2>&1
+    --progress log --set "$train_set" --set "$val_set" --set "train.max_steps=$steps" --set "train.init_weights=$INIT" "${workers[@]}" > "$OUT/train.log" 2>&1
 stamp "train exit $?"; tail -n 8 "$OUT/train.log"
 cp runs/mri-stage5/metrics.jsonl "$OUT/" 2>/dev/null
 python3 -m medidiff export runs/mri-stage5 -o "$OUT/mr-stage5.safetensors" --force

@@ -1,6 +1,7 @@
 """Compare MR models by the default output they give: the held-out Colin27 brain and the training scans.
 
 Usage: python benchmarks/mr_model_default.py MODEL [MODEL ...] [--data-dir DIR]
+       [--brain CONFIG DATA_DIR ...]
 
 Each MODEL (``mr``, a run folder or an exported file) denoises, with ``medidiff denoise``'s
 defaults (sigma estimated):
@@ -10,7 +11,10 @@ defaults (sigma estimated):
   and for the network alone (``guided_radius=0``);
 - the two MR training scans recorrupted at 3, 5 and 9 % (the draws of ``guided_radius_grid.py``),
   scored against the recorrupted target with its noise taken out (PSNR as in
-  ``guided_radius_grid.py``, SSIM as in ``network_sigma_scale.py``).
+  ``guided_radius_grid.py``, SSIM as in ``network_sigma_scale.py``);
+- with ``--brain CONFIG DATA_DIR`` (repeatable), the MR cases of another benchmark config (e.g.
+  ``benchmarks/mr_mni152.yaml``, ``benchmarks/mr_phantom_head.yaml``) with its own noise draws,
+  scored as the benchmark scores them, default output and network alone.
 
 docs/model-card.md ("Tried after stage 4") quotes the output.
 """
@@ -35,9 +39,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+")
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/reference"))
+    parser.add_argument("--brain", nargs=2, action="append", default=[], metavar=("CONFIG", "DATA_DIR"))
     args = parser.parse_args()
     cfg = load_benchmark_config(data_dir=args.data_dir)
-    colin = [s for s in make_samples(cfg) if s.case.modality == "MR"]
+    brains = [s for s in make_samples(cfg) if s.case.modality == "MR"]
+    for config, data_dir in args.brain:
+        extra = load_benchmark_config(config, data_dir=data_dir)
+        brains += [s for s in make_samples(extra) if s.case.modality == "MR"]
     scans = list(training_scans(args.data_dir))
     for spec in args.models:
         den = Denoiser(model=spec, device="cpu")
@@ -46,10 +54,10 @@ def main() -> None:
             return den.denoise_volume(Volume.from_array(y, affine, modality="MR"), **options).volume.data[0]
 
         print(spec, flush=True)
-        for sample in colin:
+        for sample in brains:
             default = _score(sample, run(sample.noisy, sample.affine))
             alone = _score(sample, run(sample.noisy, sample.affine, guided_radius=0))
-            print(f"  Colin27 {sample.level:g} %: default {default[0]:.3f} / {default[1]:.4f}, "
+            print(f"  {sample.case.name} {sample.level:g} %: default {default[0]:.3f} / {default[1]:.4f}, "
                   f"network alone {alone[0]:.3f} / {alone[1]:.4f}", flush=True)
         for name, r, mask in scans:
             own = estimate_sigma(r, "MR")

@@ -13,7 +13,14 @@ from medidiff.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["tiny", "mri", "mri-finetune", "mri-mask", "ct", "ct-finetune", "ct-textures"])
+PRESETS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml") if p.stem != "benchmark")
+
+
+def test_the_training_presets_are_found() -> None:
+    assert {"tiny", "mri", "ct", "mri-stage5", "mri-phantoms"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
 def test_presets_load(name: str) -> None:
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert isinstance(cfg, Config)
