@@ -13,6 +13,7 @@ volume is written as float32 with a RAS affine; benchmarks/mr_phantom_head.yaml 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     shape = tuple(args.shape)
     clean = head_phantom(shape, args.contrast, seed=args.seed)  # type: ignore[arg-type]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(clean.astype(np.float32), phantom_affine(shape, args.spacing)), args.out)
     print(f"wrote {args.out}: {args.contrast} head phantom {shape}, seed {args.seed}, {args.spacing} mm")
 
