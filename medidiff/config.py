@@ -352,34 +352,77 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
+BASE_KEY = "base"
+_MAX_BASE_DEPTH = 8
+
+
+def _read_mapping(p: Path) -> dict[str, Any]:
+    """Read one YAML file that must hold a mapping (an empty file is an empty mapping)."""
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{line}; check the indentation and colons") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file; give a YAML config") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be a medidiff config") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys at the top level")
+    return loaded
+
+
+def merge_over(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``top`` laid over it: sections merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_over(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _load_file(p: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load one config file with its paths resolved, laid over the file its ``base:`` key names."""
+    p = p.resolve() if p.exists() else p
+    if p in chain:
+        names = " -> ".join(str(c.name) for c in (*chain, p))
+        raise ConfigError(f"{p}: its base: chain loops ({names}); remove one base: key")
+    if len(chain) >= _MAX_BASE_DEPTH:
+        raise ConfigError(f"{p}: more than {_MAX_BASE_DEPTH} configs deep in base: keys; flatten the chain")
+    raw = _resolve_paths(_read_mapping(p), p.parent)
+    if BASE_KEY not in raw:
+        return raw
+    base_name = raw.pop(BASE_KEY)
+    if not isinstance(base_name, str) or not base_name.strip():
+        raise ConfigError(f"{p}: base: must name another YAML config file, e.g. base: mri.yaml")
+    base_path = expand_user(base_name)
+    if not base_path.is_absolute():
+        base_path = p.parent / base_path
+    if not base_path.is_file():
+        raise ConfigError(f"{p}: its base: config {base_path} was not found; check the name")
+    return merge_over(_load_file(base_path, (*chain, p)), raw)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
 
     Data paths in the file are relative to the file's folder; paths given with ``--set`` are
-    relative to the current directory.
+    relative to the current directory. A top-level ``base: other.yaml`` (relative to the file's
+    folder) loads that config first and lays this file's keys over it, section by section; paths
+    in each file stay relative to that file's own folder.
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{p}: not valid YAML{line}; check the indentation and colons") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{p}: not a text file; give a YAML config") from None
-        except RecursionError:
-            raise ConfigError(f"{p}: nested too deeply to be a medidiff config") from None
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc}); check its permissions") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of keys at the top level")
-        raw = _resolve_paths(loaded, p.resolve().parent)
+        raw = _load_file(Path(path))
     raw = apply_overrides(raw, overrides or [])
     raw = _resolve_paths(raw, Path.cwd()) if overrides else raw
     return config_from_dict(raw)

@@ -106,3 +106,70 @@ def test_an_unknown_key_with_a_newline_stays_on_one_line() -> None:
         config_from_dict({"train": {"lr\nx": 1}})
     text = str(exc.value)
     assert "\n" not in text and "unknown config key 'train.lr\\nx'" in text, text
+
+
+def test_base_merges_sections_and_replaces_values(tmp_path: Path) -> None:
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "parent.yaml").write_text(
+        "data:\n  train: [../scans/a.nii.gz, ../scans/b.nii.gz]\n  modality: MR\n"
+        "train:\n  seed: 1\n  max_steps: 10\n  lr: 0.001\noutput_dir: ../runs/parent\n"
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text("base: presets/parent.yaml\ndata:\n  train: [mine.nii.gz]\ntrain:\n  seed: 2\noutput_dir: runs/child\n")
+    cfg = load_config(child)
+    assert cfg.data.train == [str((tmp_path / "mine.nii.gz").resolve())]
+    assert cfg.data.modality == "MR"  # kept from the base's section
+    assert (cfg.train.seed, cfg.train.max_steps, cfg.train.lr) == (2, 10, 0.001)
+    assert cfg.output_dir == str((tmp_path / "runs" / "child").resolve())
+    parent = load_config(tmp_path / "presets" / "parent.yaml")
+    assert parent.output_dir == str((tmp_path / "runs" / "parent").resolve())
+
+
+def test_base_keeps_each_files_paths_relative_to_its_own_folder(tmp_path: Path) -> None:
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "parent.yaml").write_text("data:\n  val: ../val.nii.gz\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: presets/parent.yaml\n")
+    assert load_config(child).data.val == str((tmp_path / "val.nii.gz").resolve())
+
+
+def test_base_overrides_still_apply_last(tmp_path: Path) -> None:
+    (tmp_path / "parent.yaml").write_text("train:\n  seed: 1\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\ntrain:\n  seed: 2\n")
+    assert load_config(tmp_path / "child.yaml", ["train.seed=3"]).train.seed == 3
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"c.yaml": "base: missing.yaml\n"}, "missing.yaml was not found"),
+        ({"c.yaml": "base: 5\n"}, "base: must name another YAML config file"),
+        ({"c.yaml": "base: d.yaml\n", "d.yaml": "base: c.yaml\n"}, "loops (c.yaml -> d.yaml -> c.yaml)"),
+        ({"c.yaml": "base: c.yaml\n"}, "loops"),
+        ({"c.yaml": "base: d.yaml\n", "d.yaml": "train: [1]\n"}, "train"),
+    ],
+)
+def test_a_bad_base_is_one_clear_error(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.yaml")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_base_chain_deeper_than_eight_fails(tmp_path: Path) -> None:
+    for i in range(10):
+        (tmp_path / f"c{i}.yaml").write_text(f"base: c{i + 1}.yaml\n")
+    (tmp_path / "c10.yaml").write_text("train:\n  seed: 4\n")
+    with pytest.raises(ConfigError, match="configs deep"):
+        load_config(tmp_path / "c0.yaml")
+
+
+def test_the_stage_presets_build_on_stage_7() -> None:
+    stage7 = load_config(REPO / "configs" / "mri-stage7.yaml")
+    for n in (8, 9, 10):
+        cfg = load_config(REPO / "configs" / f"mri-stage{n}.yaml")
+        assert cfg.train.seed == n
+        assert cfg.data == stage7.data and cfg.model == stage7.model and cfg.noise == stage7.noise
+        assert cfg.output_dir.endswith(f"mri-stage{n}")
