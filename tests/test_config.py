@@ -115,7 +115,9 @@ def test_base_merges_sections_and_replaces_values(tmp_path: Path) -> None:
         "train:\n  seed: 1\n  max_steps: 10\n  lr: 0.001\noutput_dir: ../runs/parent\n"
     )
     child = tmp_path / "child.yaml"
-    child.write_text("base: presets/parent.yaml\ndata:\n  train: [mine.nii.gz]\ntrain:\n  seed: 2\noutput_dir: runs/child\n")
+    child.write_text(
+        "base: presets/parent.yaml\ndata:\n  train: [mine.nii.gz]\ntrain:\n  seed: 2\noutput_dir: runs/child\n"
+    )
     cfg = load_config(child)
     assert cfg.data.train == [str((tmp_path / "mine.nii.gz").resolve())]
     assert cfg.data.modality == "MR"  # kept from the base's section
