@@ -57,8 +57,8 @@ def main() -> None:
         for sample in brains:
             default = _score(sample, run(sample.noisy, sample.affine))
             alone = _score(sample, run(sample.noisy, sample.affine, guided_radius=0))
-            print(f"  {sample.case.name} {sample.level:g} %: default {default[0]:.3f} / {default[1]:.4f}, "
-                  f"network alone {alone[0]:.3f} / {alone[1]:.4f}", flush=True)
+            print(f"  {sample.case.name} {sample.level:g} %: default {default[0]:.3f} / {default[1]:.5f}, "
+                  f"network alone {alone[0]:.3f} / {alone[1]:.5f}", flush=True)
         for name, r, mask in scans:
             own = estimate_sigma(r, "MR")
             for level in (3.0, 5.0, 9.0):
