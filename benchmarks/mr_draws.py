@@ -5,23 +5,20 @@ Usage: python benchmarks/mr_draws.py LEVEL --seeds 1 2 3 [--config YAML] [--data
 The benchmark scores one Rician draw per level (``seed: 0`` in configs/benchmark.yaml). Where the
 two methods are close, that single draw can decide the row; this script repeats the comparison
 with other seeds (each seed gives the draw that ``seed: N`` would give the benchmark, at the same
-case index and level) and prints PSNR and SSIM unrounded, scored exactly as the benchmark scores
-them. medidiff runs with its defaults (sigma estimated), BM4D with the true sigma (the ``bm4d``
-package must be installed; about 5-6 minutes per draw on 2 cores). docs/benchmarks.md quotes its
-output.
+case index and level) and prints PSNR and SSIM unrounded, run and scored exactly as the benchmark
+runs and scores them (``medidiff.benchmark.run_method``). medidiff runs with its defaults (sigma
+estimated), BM4D with the true sigma (the ``bm4d`` package must be installed; about 5-6 minutes per
+draw on 2 cores). docs/benchmarks.md quotes its output.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 
 def main() -> None:
-    from medidiff.benchmark import _bm4d, _score, load_benchmark_config, make_samples
-    from medidiff.inference import Denoiser
-    from medidiff.volume import Volume
+    from medidiff.benchmark import _score, load_benchmark_config, make_samples, run_method
 
     parser = argparse.ArgumentParser()
     parser.add_argument("level", type=float, help="Rician noise level in percent")
@@ -33,21 +30,16 @@ def main() -> None:
     index = next(i for i, case in enumerate(base.cases) if case.modality == "MR")
     # the cases before the MR case stay (and are simulated), so that its draw keeps its case index
     cases = [dataclasses.replace(case, noise_levels=[args.level]) for case in base.cases[: index + 1]]
-    denoiser = Denoiser(model="mr", device="cpu")
     gaps = []
     for seed in args.seeds:
         cfg = dataclasses.replace(base, seed=seed, cases=cases)
         sample = make_samples(cfg)[index]
-        volume = Volume.from_array(sample.noisy, sample.affine, modality="MR")
-        start = time.perf_counter()
-        ours = _score(sample, denoiser.denoise_volume(volume, modality="MR", seed=seed).volume.data[0])
-        middle = time.perf_counter()
-        theirs = _score(sample, _bm4d(sample.noisy, sample.sigma_true, False, cfg.classical))
-        end = time.perf_counter()
-        gaps.append((ours[0] - theirs[0], ours[1] - theirs[1]))
+        ours, theirs = (run_method(name, sample, cfg) for name in ("medidiff", "bm4d"))
+        (ours_psnr, ours_ssim), (bm4d_psnr, bm4d_ssim) = _score(sample, ours.denoised), _score(sample, theirs.denoised)
+        gaps.append((ours_psnr - bm4d_psnr, ours_ssim - bm4d_ssim))
         print(
-            f"{sample.case.name} {args.level:g} % seed {seed}: medidiff {ours[0]:.3f} / {ours[1]:.6f} "
-            f"({middle - start:.1f} s), BM4D {theirs[0]:.3f} / {theirs[1]:.6f} ({end - middle:.1f} s), "
+            f"{sample.case.name} {args.level:g} % seed {seed}: medidiff {ours_psnr:.3f} / {ours_ssim:.6f} "
+            f"({ours.run_s:.1f} s), BM4D {bm4d_psnr:.3f} / {bm4d_ssim:.6f} ({theirs.run_s:.1f} s), "
             f"difference {gaps[-1][0]:+.3f} dB / {gaps[-1][1]:+.6f}",
             flush=True,
         )
