@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from guided_radius_grid import recorrupt  # noqa: E402
+from mr_draws import bm4d_key  # noqa: E402
 from network_sigma_scale import ssim_noisy_reference  # noqa: E402
 
 from medidiff import metrics  # noqa: E402
@@ -50,3 +51,23 @@ def test_recorrupted_input_and_target_have_uncorrelated_noise_of_the_stated_size
     assert float(np.std(n_in)) == pytest.approx(0.05, rel=0.03)
     assert float(np.var(n_t)) == pytest.approx(target_var, rel=0.03)
     assert abs(float(np.corrcoef(n_in, n_t)[0, 1])) < 0.02
+
+
+def test_bm4d_cache_key_changes_with_everything_bm4d_s_score_depends_on(pair) -> None:
+    from types import SimpleNamespace
+
+    clean, test, mask = pair
+
+    def sample(**changes):
+        fields = {"noisy": test, "clean": clean, "mask": mask, "sigma_true": 0.03} | changes
+        return SimpleNamespace(**fields)
+
+    key = bm4d_key(sample(), "4.2.5")
+    assert bm4d_key(sample(noisy=test.copy()), "4.2.5") == key  # same content, same key
+    other_draw = test.copy()
+    other_draw[0, 0, 0] += 1e-6
+    assert bm4d_key(sample(noisy=other_draw), "4.2.5") != key
+    assert bm4d_key(sample(clean=clean * 1.001), "4.2.5") != key
+    assert bm4d_key(sample(mask=~mask), "4.2.5") != key
+    assert bm4d_key(sample(sigma_true=0.05), "4.2.5") != key
+    assert bm4d_key(sample(), "4.2.6") != key
