@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--bm4d-cache", type=Path, default=None, help="JSON file of BM4D scores to reuse and extend")
     args = parser.parse_args()
     cache = json.loads(args.bm4d_cache.read_text()) if args.bm4d_cache and args.bm4d_cache.exists() else {}
+    bm4d_version = metadata.version("bm4d")
     base = load_benchmark_config(args.config, data_dir=args.data_dir)
     index = next(i for i, case in enumerate(base.cases) if case.modality == "MR")
     # the cases before the MR case stay (and are simulated), so that its draw keeps its case index
@@ -54,7 +55,7 @@ def main() -> None:
         sample = make_samples(cfg)[index]
         ours = run_method("medidiff", sample, cfg)
         ours_psnr, ours_ssim = _score(sample, ours.denoised)
-        key = bm4d_key(sample, metadata.version("bm4d"))
+        key = bm4d_key(sample, bm4d_version)
         if key in cache:
             bm4d_psnr, bm4d_ssim, bm4d_s = cache[key]["psnr"], cache[key]["ssim"], None
         else:
