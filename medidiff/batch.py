@@ -12,6 +12,7 @@ sidecars. A failing input is reported and skipped; the others are still processe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class Job:
     source: Path
     output: Path
     uncertainty: Path | None = None
+    in_existing_folder: bool = False  # a single named output: its folder must exist, none is created
 
 
 def strip_suffix(name: str) -> str:
@@ -87,7 +89,7 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
     if single_file and not out.is_dir():
         if not out.name.lower().endswith(NIFTI_SUFFIXES):
             raise MedidiffError(f"{out}: the output must be a .nii or .nii.gz file (or an existing folder)")
-        job = Job(paths[0], out, Path(uncertainty) if uncertainty else None)
+        job = Job(paths[0], out, Path(uncertainty) if uncertainty else None, in_existing_folder=True)
         if paths[0].resolve() in (out.resolve(), job.uncertainty.resolve() if job.uncertainty else None):
             raise MedidiffError(f"{out}: is also the input and inputs are never overwritten; choose another name")
         if job.uncertainty is not None and (job.uncertainty.resolve() == out.resolve()
@@ -135,11 +137,31 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
         seen[job.output] = job.source
     if not jobs:
         raise MedidiffError(f"{', '.join(inputs)}: no scans found (NIfTI, NRRD, MHA or DICOM)")
-    for job in jobs:  # folders only once the plan holds: a refused batch leaves nothing behind
-        job.output.parent.mkdir(parents=True, exist_ok=True)
-        if job.uncertainty is not None:
-            job.uncertainty.parent.mkdir(parents=True, exist_ok=True)
     return jobs, bids_root
+
+
+def make_output_folders(jobs: list[Job]) -> list[Path]:
+    """Create the folders the jobs write into; return those that did not exist, innermost first.
+
+    Planning creates nothing, so a refused batch leaves nothing behind; a batch that then writes no
+    output hands this list to :func:`remove_empty_folders`.
+    """
+    created: list[Path] = []
+    for job in jobs:
+        for target in (job.output, job.uncertainty):
+            if target is None or job.in_existing_folder:
+                continue
+            folder = target.parent
+            created += [d for d in (folder, *folder.parents) if not d.exists() and d not in created]
+            folder.mkdir(parents=True, exist_ok=True)
+    return sorted(created, key=lambda d: len(d.parts), reverse=True)
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each folder of ``folders`` (innermost first) that is still empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, or gone: left as it is
+            folder.rmdir()
 
 
 def _is_dicom_dir(path: Path) -> bool:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medidiff import metrics
-from medidiff.config import build_dataclass
+from medidiff.config import DuplicateKeyError, build_dataclass, safe_load_strict
 from medidiff.errors import ConfigError, MedidiffError, OutputExistsError
 from medidiff.files import atomic_path, write_text_atomic
 from medidiff.volume import Volume
@@ -189,7 +189,9 @@ def load_benchmark_config(
         if not cfg_path.is_file():
             raise ConfigError(f"{cfg_path}: benchmark config not found; pass --config FILE")
         try:
-            raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+            raw = safe_load_strict(cfg_path.read_text(encoding="utf-8")) or {}
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"{cfg_path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{cfg_path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         base = cfg_path.resolve().parent
@@ -636,17 +638,30 @@ def run_benchmark(
     Raises:
         OutputExistsError: ``output`` holds results already and ``force`` is False.
     """
-    import importlib.util
-
-    from tqdm import tqdm
-
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise MedidiffError(f"{out}: exists and is not a folder; give a folder for --output")
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if existing and not force:
         raise OutputExistsError(f"{out}: holds results already ({existing[0]}); pass --force to overwrite them")
-    out.mkdir(parents=True, exist_ok=True)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # innermost first
+    out.mkdir(parents=True, exist_ok=True)  # here, so an unwritable --output fails before the run
+    try:
+        return _run_into(out, cfg, quick)
+    except BaseException:
+        for folder in created:  # nothing written: leave none of the folders made for it behind
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
+        raise
+
+
+def _run_into(out: Path, cfg: BenchmarkConfig, quick: bool) -> BenchmarkReport:
+    """The body of :func:`run_benchmark`, writing into the existing folder ``out``."""
+    import importlib.util
+
+    from tqdm import tqdm
+
     methods = list(cfg.quick.methods if quick else cfg.methods)
     skipped = []
     if "bm4d" in methods and importlib.util.find_spec("bm4d") is None:

@@ -11,6 +11,7 @@ import json
 import platform
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from medidiff import __version__
@@ -30,10 +31,8 @@ def install_sigterm_handler() -> None:
 
 
 def run_denoise(args: argparse.Namespace) -> int:
-    from medidiff.batch import Job, plan_jobs, run_jobs, sidecar_path, write_bids_description
-    from medidiff.files import check_output, write_text_atomic
-    from medidiff.inference import DenoiseOptions, Denoiser
-    from medidiff.io import read_volume, write_volume
+    from medidiff.batch import make_output_folders, plan_jobs, remove_empty_folders
+    from medidiff.inference import DenoiseOptions
 
     install_sigterm_handler()
     options = DenoiseOptions(
@@ -56,6 +55,20 @@ def run_denoise(args: argparse.Namespace) -> int:
     if args.uncertainty and options.runs < 2:
         raise MedidiffError("--uncertainty needs --samples or --flips 2 or more (it is the spread over runs)")
     jobs, bids_root = plan_jobs(args.inputs, args.output, args.uncertainty)
+    created = make_output_folders(jobs)
+    try:
+        return _denoise_jobs(args, options, jobs, bids_root)
+    finally:  # a run that wrote nothing leaves none of the folders it made behind
+        remove_empty_folders(created)
+
+
+def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_root: Path | None) -> int:
+    """Denoise the planned jobs (their folders exist); the exit status of ``medidiff denoise``."""
+    from medidiff.batch import Job, run_jobs, sidecar_path, write_bids_description
+    from medidiff.files import check_output, write_text_atomic
+    from medidiff.inference import Denoiser
+    from medidiff.io import read_volume, write_volume
+
     if len(jobs) == 1:
         check_output(jobs[0].output, args.force)
         if jobs[0].uncertainty is not None:
@@ -115,7 +128,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         return info
 
     report = run_jobs(jobs, work, args.force)
-    if bids_root is not None:
+    if bids_root is not None and (report.done or report.skipped):
         write_bids_description(bids_root)
     if len(jobs) > 1:
         print(

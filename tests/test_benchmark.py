@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from medidiff import benchmark
-from medidiff.errors import ConfigError, OutputExistsError
+from medidiff.errors import ConfigError, MedidiffError, OutputExistsError
 from medidiff.volume import Volume
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
@@ -88,6 +88,27 @@ def _config(folder: Path, methods: list[str], mr_only: bool = False, **changes: 
 
 
 # ---------------------------------------------------------------- configuration
+
+
+def test_a_benchmark_config_with_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text("methods: [noisy]\nseed: 1\nmethods: [tv]\n")
+    with pytest.raises(ConfigError, match=r"'methods' appears twice, at lines 1 and 3"):
+        benchmark.load_benchmark_config(path, data_dir=tmp_path)
+
+
+def test_a_failed_run_leaves_no_empty_output_folder_and_keeps_an_existing_one(tmp_path: Path) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_text("methods: [tv]\n")
+    cfg = benchmark.load_benchmark_config(config, data_dir=tmp_path / "missing")
+    out = tmp_path / "out" / "run"
+    with pytest.raises(MedidiffError, match="reference scan not found"):
+        benchmark.run_benchmark(cfg, out)
+    assert not out.parent.exists()
+    out.mkdir(parents=True)
+    with pytest.raises(MedidiffError, match="reference scan not found"):
+        benchmark.run_benchmark(cfg, out)
+    assert out.is_dir()
 
 
 def test_repository_config_mirrors_the_defaults(tmp_path: Path) -> None:

@@ -103,6 +103,31 @@ def test_a_refused_batch_leaves_no_folders_behind(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists() and not (tmp_path / "unc").exists()
 
 
+def test_a_batch_that_writes_nothing_leaves_no_folders_behind(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.nii.gz").write_bytes(b"garbage")
+    (folder / "sub" / "b.nii.gz").write_bytes(b"garbage")
+    out = tmp_path / "new" / "out"
+    args = ["denoise", str(folder), "-o", str(out), "--model", str(tiny_model), "--device", "cpu"]
+    assert main(args) == 2
+    assert "2 failed" in capsys.readouterr().out
+    assert not (tmp_path / "new").exists()
+    # a model that cannot be loaded stops the run before any scan: nothing made either
+    write_phantom(folder / "a.nii.gz")
+    assert main([*args[:4], "--model", str(tmp_path / "missing.safetensors")]) == 2
+    assert not (tmp_path / "new").exists()
+    # one good scan: its folder stays, the failed scan's empty one does not
+    assert main(args) == 2
+    assert (out / "a.nii.gz").is_file() and not (out / "sub").exists()
+    # a folder the user made is theirs, even if nothing lands in it
+    (folder / "a.nii.gz").write_bytes(b"garbage")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main([*args[:3], str(mine), *args[4:]]) == 2
+    assert mine.is_dir()
+
+
 def _bids(tmp_path: Path) -> Path:
     root = tmp_path / "bids"
     (root / "sub-01" / "anat").mkdir(parents=True)

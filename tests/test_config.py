@@ -66,6 +66,29 @@ def test_yaml_tags_cannot_build_objects(tmp_path: Path) -> None:
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("base: tiny.yaml\ntrain:\n  seed: 1\n  max_steps: 3\n  seed: 2\n")
+    with pytest.raises(ConfigError, match=r"'seed' appears twice, at lines 3 and 5"):
+        load_config(path)
+    path.write_text("train: {seed: 1}\noutput_dir: a\ntrain: {max_steps: 3}\n")
+    with pytest.raises(ConfigError, match=r"'train' appears twice, at lines 1 and 3"):
+        load_config(path)
+
+
+def test_the_same_key_in_different_sections_and_merge_keys_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "defaults: &d {seed: 4}\ntrain:\n  <<: *d\n  max_steps: 3\n"
+        "data:\n  patch_size: [16, 16, 16]\nmodel:\n  channels: [16, 16]\n  attention_levels: [false, false]\n"
+    )
+    with pytest.raises(ConfigError, match="defaults"):  # parsed: only the unknown section is refused
+        load_config(path)
+    path.write_text("train:\n  <<: {seed: 4}\n  max_steps: 3\n")
+    cfg = load_config(path)
+    assert (cfg.train.seed, cfg.train.max_steps) == (4, 3)
+
+
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     sub = tmp_path / "cfgs"
     sub.mkdir()
