@@ -12,7 +12,6 @@ sidecars. A failing input is reported and skipped; the others are still processe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import Any
 
 from medidiff import __version__
 from medidiff.errors import MedidiffError
-from medidiff.files import expand_user, write_text_atomic
+from medidiff.files import expand_user, make_folder, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -144,24 +143,14 @@ def make_output_folders(jobs: list[Job]) -> list[Path]:
     """Create the folders the jobs write into; return those that did not exist, innermost first.
 
     Planning creates nothing, so a refused batch leaves nothing behind; a batch that then writes no
-    output hands this list to :func:`remove_empty_folders`.
+    output hands this list to :func:`medidiff.files.remove_empty_folders`.
     """
-    created: list[Path] = []
+    created: set[Path] = set()
     for job in jobs:
         for target in (job.output, job.uncertainty):
-            if target is None or job.in_existing_folder:
-                continue
-            folder = target.parent
-            created += [d for d in (folder, *folder.parents) if not d.exists() and d not in created]
-            folder.mkdir(parents=True, exist_ok=True)
+            if target is not None and not job.in_existing_folder:
+                created.update(make_folder(target.parent))
     return sorted(created, key=lambda d: len(d.parts), reverse=True)
-
-
-def remove_empty_folders(folders: list[Path]) -> None:
-    """Remove each folder of ``folders`` (innermost first) that is still empty."""
-    for folder in folders:
-        with contextlib.suppress(OSError):  # not empty, or gone: left as it is
-            folder.rmdir()
 
 
 def _is_dicom_dir(path: Path) -> bool:

@@ -35,7 +35,7 @@ import numpy as np
 from medidiff import metrics
 from medidiff.config import DuplicateKeyError, build_dataclass, safe_load_strict
 from medidiff.errors import ConfigError, MedidiffError, OutputExistsError
-from medidiff.files import atomic_path, write_text_atomic
+from medidiff.files import atomic_path, make_folder, remove_empty_folders, write_text_atomic
 from medidiff.volume import Volume
 
 METHODS = (
@@ -644,15 +644,11 @@ def run_benchmark(
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if existing and not force:
         raise OutputExistsError(f"{out}: holds results already ({existing[0]}); pass --force to overwrite them")
-    created = [d for d in (out, *out.parents) if not d.exists()]  # innermost first
-    out.mkdir(parents=True, exist_ok=True)  # here, so an unwritable --output fails before the run
+    created = make_folder(out)  # here, so an unwritable --output fails before the run
     try:
         return _run_into(out, cfg, quick)
     except BaseException:
-        for folder in created:  # nothing written: leave none of the folders made for it behind
-            if any(folder.iterdir()):
-                break
-            folder.rmdir()
+        remove_empty_folders(created)  # nothing written: none of the folders made for it stays
         raise
 
 

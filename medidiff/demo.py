@@ -25,7 +25,7 @@ def run_demo(
     seed: int = 0,
 ) -> dict[str, float]:
     """Run the demo into folder ``output``; returns the metrics it printed."""
-    from medidiff.files import check_output
+    from medidiff.files import check_output, make_folder, remove_empty_folders
     from medidiff.inference import Denoiser
     from medidiff.io import write_volume
     from medidiff.metrics import foreground_mask, psnr, ssim
@@ -36,28 +36,37 @@ def run_demo(
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise MedidiffError(f"{out}: exists and is not a folder; give a folder for the demo outputs")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / f"sample_{k}.nii.gz" for k in ("clean", "noisy", "denoised")}
-    for p in [*paths.values(), out / "demo.png"]:
-        check_output(p, force)
-    clean = head_phantom(SHAPE, "T1", seed=seed)
-    clean = clean / float(np.percentile(clean, 99.9))  # the BrainWeb convention: peak tissue at 1
-    noisy = add_rician_numpy(clean, noise, np.random.default_rng(seed))
-    affine = phantom_affine(SHAPE, 2.0)
-    noisy_vol = Volume.from_array(noisy, affine, modality="MR")
-    write_volume(Volume.from_array(clean, affine, modality="MR"), paths["clean"], force=force)
-    write_volume(noisy_vol, paths["noisy"], force=force)
-    result = Denoiser(model=model, device=device).denoise_volume(noisy_vol, modality="MR")
-    write_volume(result.volume, paths["denoised"], force=force)
-    denoised = result.volume.data[0]
-    mask = foreground_mask(clean, "MR")
-    scores = {
-        "noisy_psnr": psnr(clean, noisy, mask, data_range=1.0),
-        "noisy_ssim": ssim(clean, noisy, mask, data_range=1.0),
-        "denoised_psnr": psnr(clean, denoised, mask, data_range=1.0),
-        "denoised_ssim": ssim(clean, denoised, mask, data_range=1.0),
-    }
-    _save_png(out / "demo.png", clean, noisy, denoised, force)
+    created = make_folder(out)
+    written: list[Path] = []
+    try:
+        paths = {k: out / f"sample_{k}.nii.gz" for k in ("clean", "noisy", "denoised")}
+        for p in [*paths.values(), out / "demo.png"]:
+            check_output(p, force)
+        clean = head_phantom(SHAPE, "T1", seed=seed)
+        clean = clean / float(np.percentile(clean, 99.9))  # the BrainWeb convention: peak tissue at 1
+        noisy = add_rician_numpy(clean, noise, np.random.default_rng(seed))
+        affine = phantom_affine(SHAPE, 2.0)
+        noisy_vol = Volume.from_array(noisy, affine, modality="MR")
+        # denoised before anything is written: a model that cannot be used leaves no partial demo
+        result = Denoiser(model=model, device=device).denoise_volume(noisy_vol, modality="MR")
+        denoised = result.volume.data[0]
+        mask = foreground_mask(clean, "MR")
+        scores = {
+            "noisy_psnr": psnr(clean, noisy, mask, data_range=1.0),
+            "noisy_ssim": ssim(clean, noisy, mask, data_range=1.0),
+            "denoised_psnr": psnr(clean, denoised, mask, data_range=1.0),
+            "denoised_ssim": ssim(clean, denoised, mask, data_range=1.0),
+        }
+        clean_vol = Volume.from_array(clean, affine, modality="MR")
+        for key, volume in (("clean", clean_vol), ("noisy", noisy_vol), ("denoised", result.volume)):
+            written.append(write_volume(volume, paths[key], force=force))
+        _save_png(out / "demo.png", clean, noisy, denoised, force)
+    except BaseException:
+        if not force:  # what this run wrote, and only that (with --force it replaced earlier files)
+            for path in written:
+                path.unlink(missing_ok=True)
+        remove_empty_folders(created)
+        raise
     print(f"sample head phantom {SHAPE}, Rician noise {noise:.3f} (true), estimated {result.sigma:.4f}")
     print(f"noisy     PSNR {scores['noisy_psnr']:6.2f} dB  SSIM {scores['noisy_ssim']:.4f}")
     print(

@@ -31,7 +31,8 @@ def install_sigterm_handler() -> None:
 
 
 def run_denoise(args: argparse.Namespace) -> int:
-    from medidiff.batch import make_output_folders, plan_jobs, remove_empty_folders
+    from medidiff.batch import make_output_folders, plan_jobs
+    from medidiff.files import remove_empty_folders
     from medidiff.inference import DenoiseOptions
 
     install_sigterm_handler()

@@ -85,3 +85,18 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, force: bool = Tru
     with atomic_path(path, force=force) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def make_folder(folder: str | os.PathLike[str]) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the ones it created, innermost first."""
+    folder = Path(folder)
+    created = [d for d in (folder, *folder.parents) if not d.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (innermost first) that is still empty; others are left as they are."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, or gone
+            folder.rmdir()

@@ -160,3 +160,26 @@ def test_batch_cli_bids_sidecars_failures_and_rerun(tiny_model: Path, tmp_path: 
     captured = capsys.readouterr()
     assert "skipped" in captured.out and "sub-01_T2w" in captured.err
     assert result.stat().st_mtime_ns == before
+
+
+def test_demo_writes_its_four_files_and_a_failed_demo_leaves_nothing(
+    tiny_model: Path, tmp_path: Path, capsys
+) -> None:
+    import nibabel as nib
+
+    out = tmp_path / "demo"
+    names = ["sample_clean.nii.gz", "sample_noisy.nii.gz", "sample_denoised.nii.gz", "demo.png"]
+    bad = ["demo", "-o", str(out), "--model", str(tmp_path / "missing.safetensors"), "--device", "cpu"]
+    assert main(bad) == 2
+    assert not out.exists()  # no folder, no clean or noisy sample without its result
+    args = ["demo", "-o", str(out), "--model", str(tiny_model), "--device", "cpu"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    printed = capsys.readouterr().out
+    assert "noisy     PSNR" in printed and "denoised  PSNR" in printed
+    clean, denoised = (nib.load(out / n) for n in names[:3:2])
+    assert denoised.shape == clean.shape and (denoised.affine == clean.affine).all()
+    before = {n: (out / n).read_bytes() for n in names}
+    assert main(args) == 2  # an earlier demo is not overwritten without --force
+    assert "exists already" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in names} == before
