@@ -27,7 +27,7 @@ import torch
 
 from medidiff.config import Config, config_from_dict, config_to_dict
 from medidiff.errors import ConfigError, ModelError
-from medidiff.files import expand_user, write_text_atomic
+from medidiff.files import expand_user, shared_mode, write_text_atomic
 
 MODEL_FORMAT = "medidiff-model/1"
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -108,6 +108,9 @@ def save_checkpoint(
         (tmp / "state.json").write_text(
             json.dumps({**state, "step": step, "optimizer": opt_meta}, indent=1), encoding="utf-8"
         )
+        for item in tmp.iterdir():  # mkdtemp makes 0o700 and safetensors 0o600 files: readable, as outputs are
+            os.chmod(item, shared_mode(0o666))
+        os.chmod(tmp, shared_mode(0o777))
         final = ckpt_root / name
         if final.exists():
             shutil.rmtree(final)
@@ -128,7 +131,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         return None
     try:
         path = run_dir / "checkpoints" / json.loads(pointer.read_text(encoding="utf-8"))["path"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise ModelError(f"{pointer}: damaged; rewrite it as {{\"step\": N, \"path\": \"step-000000N\"}}") from None
     return path if path.is_dir() else None
 
@@ -144,6 +147,8 @@ def load_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, json.JSONDecodeError, SafetensorError) as exc:
         raise ModelError(f"{ckpt}: damaged checkpoint ({exc}); use an earlier one") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
+        raise ModelError(f"{ckpt}: damaged checkpoint (state.json holds no step number); use an earlier one")
     return weights, opt, state
 
 
@@ -169,6 +174,10 @@ def export_model(
     from medidiff.config import load_config
     from medidiff.files import atomic_path
 
+    if not run_dir.is_dir():
+        raise ModelError(f"{run_dir}: no such run folder; give the output_dir of a training run")
+    if (run_dir / "checkpoints").resolve() in [out_file.resolve(), *out_file.resolve().parents]:
+        raise ModelError(f"{out_file}: is inside the run's checkpoints, which export reads; write it elsewhere")
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise ModelError(f"{run_dir}: no checkpoint found; train first")

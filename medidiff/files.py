@@ -43,6 +43,13 @@ def _suffixes(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
 
 
+def shared_mode(mode: int) -> int:
+    """``mode`` less the process umask: the permissions a plain ``open`` or ``mkdir`` would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -73,6 +80,7 @@ def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[P
         yield tmp
         if out.exists() and not force:  # appeared while we worked
             raise OutputExistsError(f"{out}: exists already; pass --force to overwrite it")
+        os.chmod(tmp, shared_mode(0o666))  # writers that recreate the file (safetensors) leave 0o600
         os.replace(tmp, out)
     finally:
         if tmp is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -66,6 +67,41 @@ def test_export_cli(tiny_run: Path, tmp_path: Path) -> None:
     assert main(["export", str(tiny_run), "-o", str(out)]) == 0
     assert main(["export", str(tiny_run), "-o", str(out)]) == 2  # no clobbering
     assert main(["export", str(tiny_run), "-o", str(tmp_path / "m.pt")]) == 2
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()  # readable by others, as every output
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_export_never_writes_into_the_checkpoints_it_reads(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    ckpt = next((tiny_run / "checkpoints").glob("step-*"))
+    target = ckpt / "model.safetensors"
+    before = target.read_bytes()
+    assert main(["export", str(tiny_run), "-o", str(target), "--force"]) == 2
+    assert "checkpoints" in capsys.readouterr().err
+    assert target.read_bytes() == before
+    assert main(["export", str(tmp_path / "no-run"), "-o", str(tmp_path / "m.safetensors")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("state", ['{"optimizer": {}}', "[1]", '{"step": "3"}'])
+def test_a_checkpoint_whose_state_holds_no_step_is_a_short_error(
+    tiny_run: Path, tmp_path: Path, capsys, state: str
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    ckpt = run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["path"]
+    (ckpt / "state.json").write_text(state)
+    assert main(["export", str(run), "-o", str(tmp_path / "m.safetensors")]) == 2
+    assert "damaged checkpoint" in capsys.readouterr().err
+    (run / "checkpoints" / "latest.json").write_bytes(b"\xff\xfe\x00")
+    assert main(["export", str(run), "-o", str(tmp_path / "m.safetensors")]) == 2
+    assert "damaged" in capsys.readouterr().err
 
 
 def test_bids_names() -> None:
