@@ -35,6 +35,8 @@ def sample_prior(
     from medidiff.transforms import CT_HIGH, CT_LOW
     from medidiff.volume import Volume
 
+    if not str(output).lower().endswith((".nii.gz", ".nii")):
+        raise MedidiffError(f"{output}: the output must be a .nii or .nii.gz file")
     check_output(output, force)
     dev = pick_device(device)
     loaded = load_model(model, modality)

@@ -310,8 +310,14 @@ def train(
         if ckpt is None:
             raise ConfigError(f"{run_dir}: has no checkpoint to resume from; start a new run with --config")
         weights, opt_tensors, state = load_checkpoint(ckpt)
-        model.net.load_state_dict(split_weights(weights, "model"))
-        ema.load_state_dict(split_weights(weights, "ema"))
+        try:
+            model.net.load_state_dict(split_weights(weights, "model"))
+            ema.load_state_dict(split_weights(weights, "ema"))
+        except RuntimeError:  # missing or mis-shaped tensors: config.yaml was edited after training began
+            raise ConfigError(
+                f"{ckpt}: does not match the model in {run_dir / 'config.yaml'}; undo the edit to the "
+                "model section, or start a new run with --config"
+            ) from None
         restore_optimizer(optimizer, opt_tensors, state)
         start_step = int(state["step"])
     if is_main:

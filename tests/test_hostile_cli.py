@@ -376,6 +376,12 @@ def test_other_commands_report_user_errors_in_one_line(tmp_path: Path, capsys, n
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
 
 
+def test_sample_checks_the_output_name_before_loading_a_model(tmp_path: Path, capsys):
+    rc, _, err = call(capsys, "sample", "-o", tmp_path / "s.txt", "--model", tmp_path / "missing.safetensors")
+    assert_short_error(rc, err)
+    assert ".nii" in err and "missing" not in err
+
+
 def test_debug_shows_the_traceback(tmp_path: Path, capsys):
     from medidiff.errors import InputError
 

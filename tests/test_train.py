@@ -107,6 +107,20 @@ def test_resume_refuses_model_changes(tiny_run: Path) -> None:
         train(None, ["model.channels=[4, 8, 8]"], resume=str(tiny_run), progress=False)
 
 
+def test_resume_after_editing_the_model_in_config_yaml_is_a_config_error(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    raw["model"]["num_res_blocks"] = raw["model"]["num_res_blocks"] + 1
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="does not match the model"):
+        train(None, [], resume=str(run), progress=False)
+
+
 def test_new_run_refuses_an_existing_run_folder(tiny_run: Path, phantom_dir: Path) -> None:
     with pytest.raises(ConfigError, match="--resume"):
         train(str(TINY_CONFIG), _overrides(phantom_dir, tiny_run, 2), progress=False)
