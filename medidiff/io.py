@@ -420,6 +420,9 @@ def _to_nifti(volume: Volume) -> tuple[Any, np.ndarray]:
         code = 2 if meta.source_format == "array" else 1
         _set_geometry(header, affine, code, code)
         header.set_xyzt_units("mm", "sec")
+        step = meta.header.get("step_4d") if isinstance(meta.header, dict) else None
+        if data4.shape[3] > 1 and step is not None and np.isfinite(step) and step > 0:
+            header["pixdim"][4] = step  # a 4D MetaImage or NRRD keeps the spacing of its 4th axis
     return header, raw  # F-order bytes of (X, Y, Z, C) are those of the header shape
 
 
@@ -529,6 +532,7 @@ def _read_itk(path: Path, kind: str) -> Volume:
         raise InputError(f"{path}: {dim}D image with {components} components per voxel is not supported; "
                          "store a 3D or 4D scalar image")
     spacing = np.array(image.GetSpacing(), dtype=np.float64)
+    step = float(spacing[3]) if dim == 4 else None  # the 4th axis's spacing (time or volume step)
     origin = np.array(image.GetOrigin(), dtype=np.float64)
     direction = np.array(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
     if dim == 4:
@@ -559,7 +563,7 @@ def _read_itk(path: Path, kind: str) -> Volume:
         original_dtype=array.dtype.newbyteorder("=").name,
         modality=modality,  # type: ignore[arg-type]
         source_path=str(path),
-        header={"itk_pixel_type": image.GetPixelIDTypeAsString(), "dimension": dim},
+        header={"itk_pixel_type": image.GetPixelIDTypeAsString(), "dimension": dim, "step_4d": step},
         tags=tags,
     )
     return Volume(data, meta)

@@ -77,6 +77,17 @@ def test_4d_and_2d_metaimage(tmp_path):
     np.testing.assert_array_equal(flat.data[0, :, :, 0], array2.T)
 
 
+@pytest.mark.parametrize("suffix", ["mha", "nrrd"])
+def test_a_4d_image_keeps_the_spacing_of_its_4th_axis_as_nifti(tmp_path, suffix):
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((3, 6, 7, 8), np.float32), isVector=False)
+    image.SetSpacing((1.0, 2.0, 3.0, 2.5))
+    sitk.WriteImage(image, str(tmp_path / f"t.{suffix}"))
+    write_volume(read_volume(tmp_path / f"t.{suffix}"), tmp_path / "t.nii.gz")
+    written = nib.load(tmp_path / "t.nii.gz")
+    assert written.shape == (8, 7, 6, 3)
+    np.testing.assert_allclose(written.header.get_zooms(), (1.0, 2.0, 3.0, 2.5))
+
+
 def test_metaimage_modality_field(tmp_path):
     path = tmp_path / "ct.mha"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2, 2), np.int16)), str(path))
