@@ -211,6 +211,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _voxel_size(text: str) -> float:
+    value = _positive_float(text)
+    if not 1e-3 <= value <= 100:  # a NIfTI header stores float32: 1e300 or 1e-320 would not survive
+        raise argparse.ArgumentTypeError(f"a voxel size lies between 0.001 and 100 mm, got {text}")
+    return value
+
+
+def _steps(text: str) -> int:
+    value = _positive_int(text)
+    if value > 1000:
+        raise argparse.ArgumentTypeError(f"must be 1 to 1000, got {text}")
+    return value
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="bundled name (mr, ct), run folder or exported .safetensors; default: by modality")
@@ -304,8 +318,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     _add_model_options(p)
     p.add_argument("--modality", choices=["MR", "CT"], default="MR", help="picks the bundled model")
     p.add_argument("--shape", type=_positive_int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
-    p.add_argument("--spacing", type=_positive_float, default=1.5, help="voxel size of the output (mm)")
-    p.add_argument("--steps", type=_positive_int, default=40, help="reverse-process steps")
+    p.add_argument("--spacing", type=_voxel_size, default=1.5, help="voxel size of the output (mm, 0.001-100)")
+    p.add_argument("--steps", type=_steps, default=40, help="reverse-process steps (1-1000)")
     p.add_argument("--sampler", choices=["euler", "heun", "ancestral"], default="heun")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
