@@ -320,6 +320,11 @@ def train(
             ) from None
         restore_optimizer(optimizer, opt_tensors, state)
         start_step = int(state["step"])
+        if cfg.train.max_steps <= start_step:  # nothing to train: leave the run as it is
+            raise ConfigError(
+                f"{run_dir}: is at step {start_step} already and train.max_steps is {cfg.train.max_steps}; "
+                f"resume with --set train.max_steps=N, N above {start_step}"
+            )
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")

@@ -121,6 +121,14 @@ def test_resume_after_editing_the_model_in_config_yaml_is_a_config_error(tiny_ru
         train(None, [], resume=str(run), progress=False)
 
 
+def test_resume_with_no_steps_left_changes_nothing(tiny_run: Path) -> None:
+    before = {p: p.read_bytes() for p in tiny_run.rglob("*") if p.is_file()}
+    step = json.loads((tiny_run / "checkpoints" / "latest.json").read_text())["step"]
+    with pytest.raises(ConfigError, match=f"at step {step} already"):
+        train(None, [f"train.max_steps={step}"], resume=str(tiny_run), progress=False)
+    assert {p: p.read_bytes() for p in tiny_run.rglob("*") if p.is_file()} == before
+
+
 def test_new_run_refuses_an_existing_run_folder(tiny_run: Path, phantom_dir: Path) -> None:
     with pytest.raises(ConfigError, match="--resume"):
         train(str(TINY_CONFIG), _overrides(phantom_dir, tiny_run, 2), progress=False)
