@@ -127,6 +127,11 @@ def evaluate(
                 f"input has {volume.n_volumes} volumes but the reference has {anchor.n_volumes}; "
                 "compare scans with the same number of volumes"
             )
+    if noisy is not None and any(volume.n_volumes != noisy.n_volumes for volume in inputs):
+        raise MedidiffError(
+            f"the noisy scan has {noisy.n_volumes} volumes and the input {inputs[0].n_volumes}; "
+            "give the noisy scan the input was denoised from"
+        )
     for extra, name in ((noisy, "noisy scan"), *(((r, "ROI mask") for r in roi) if roi else ())):
         if extra is not None and extra is not anchor:
             metrics.check_geometry(anchor, extra, name)

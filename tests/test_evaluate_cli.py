@@ -161,6 +161,17 @@ def test_geometry_mismatch_exits_2_with_one_line(
     assert "shape" in capsys.readouterr().err
 
 
+def test_a_noisy_scan_with_another_number_of_volumes_is_refused(
+    mr_files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref, den = _load(mr_files["ref"]), _load(mr_files["den"])
+    ref4 = _save(tmp_path / "ref4.nii.gz", np.stack([ref, ref], axis=-1))
+    den4 = _save(tmp_path / "den4.nii.gz", np.stack([den, den], axis=-1))
+    argv = ["evaluate", "--reference", ref4, "--input", den4, "--noisy", mr_files["noisy"]]
+    assert main(argv) == 2
+    assert "volumes" in capsys.readouterr().err
+
+
 def test_bad_options_are_user_errors(mr_files: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     base = ["evaluate", "--reference", mr_files["ref"], "--input", mr_files["den"]]
     assert main([*base, "--window", "abc"]) == 2
