@@ -396,7 +396,10 @@ def train(
                 else:
                     loss = model.loss(x0, noisy, sigma)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at step {step + 1}; lower train.lr")
+                raise ConfigError(  # a setting (most often the learning rate), not a bug: exit 2
+                    f"training diverged: the loss became {float(loss.detach())} at step {step + 1}; lower train.lr "
+                    "and resume from an earlier checkpoint, or start again"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.grad_clip > 0:

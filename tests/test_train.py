@@ -129,6 +129,12 @@ def test_resume_with_no_steps_left_changes_nothing(tiny_run: Path) -> None:
     assert {p: p.read_bytes() for p in tiny_run.rglob("*") if p.is_file()} == before
 
 
+def test_a_diverging_run_is_a_short_error_naming_the_learning_rate(phantom_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="diverged.*train.lr"):
+        train(str(TINY_CONFIG), [*_overrides(phantom_dir, tmp_path / "run", 20), "train.lr=1e30",
+                                 "train.lr_warmup_steps=0"], progress=False)
+
+
 def test_new_run_refuses_an_existing_run_folder(tiny_run: Path, phantom_dir: Path) -> None:
     with pytest.raises(ConfigError, match="--resume"):
         train(str(TINY_CONFIG), _overrides(phantom_dir, tiny_run, 2), progress=False)
