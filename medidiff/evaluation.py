@@ -40,6 +40,8 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
         lo, hi = (float(p) for p in parts)
     except ValueError:
         raise MedidiffError(f"--window {text!r}: expected LO,HI such as --window=-1000,1000") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise MedidiffError(f"--window {text!r}: LO and HI must be finite numbers, e.g. --window=-1000,1000")
     if not hi > lo:
         raise MedidiffError(f"--window {text!r}: HI must be above LO, e.g. --window=-1000,1000")
     return lo, hi

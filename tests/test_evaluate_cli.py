@@ -176,6 +176,8 @@ def test_bad_options_are_user_errors(mr_files: dict[str, str], capsys: pytest.Ca
     base = ["evaluate", "--reference", mr_files["ref"], "--input", mr_files["den"]]
     assert main([*base, "--window", "abc"]) == 2
     assert "--window" in capsys.readouterr().err
+    assert main([*base, "--window=-inf,inf"]) == 2
+    assert "--window" in capsys.readouterr().err
     assert main([*base, "--data-range", "0"]) == 2
     assert "data range" in capsys.readouterr().err
     assert main([*base, "--mask", str(Path(mr_files["ref"]).with_name("nope.nii.gz"))]) == 2
