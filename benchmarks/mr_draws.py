@@ -35,6 +35,7 @@ def bm4d_key(sample, version: str) -> str:
 
 def main() -> None:
     from medidiff.benchmark import _score, load_benchmark_config, make_samples, run_method
+    from medidiff.files import write_text_atomic
 
     parser = argparse.ArgumentParser()
     parser.add_argument("level", type=float, help="Rician noise level in percent")
@@ -69,9 +70,7 @@ def main() -> None:
                     "level": args.level,
                     "seed": seed,
                 }
-                partial = args.bm4d_cache.with_name(args.bm4d_cache.name + ".partial")
-                partial.write_text(json.dumps(cache, indent=1))
-                partial.replace(args.bm4d_cache)  # a run stopped mid-write leaves the old file whole
+                write_text_atomic(args.bm4d_cache, json.dumps(cache, indent=1))  # never a half-written file
         gaps.append((ours_psnr - bm4d_psnr, ours_ssim - bm4d_ssim))
         print(
             f"{sample.case.name} {args.level:g} % seed {seed}: medidiff {ours_psnr:.3f} / {ours_ssim:.6f} "

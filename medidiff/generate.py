@@ -27,17 +27,16 @@ def sample_prior(
     """
     from medidiff.checkpoint import load_model
     from medidiff.errors import MedidiffError
-    from medidiff.files import check_output
-    from medidiff.inference import check_memory, pick_device
-    from medidiff.io import write_volume
+    from medidiff.inference import MAX_STEPS, check_memory, pick_device
+    from medidiff.io import check_nifti_output, write_volume
     from medidiff.sampling import get_sampler
     from medidiff.schedule import KarrasSchedule
     from medidiff.transforms import CT_HIGH, CT_LOW
     from medidiff.volume import Volume
 
-    if not str(output).lower().endswith((".nii.gz", ".nii")):
-        raise MedidiffError(f"{output}: the output must be a .nii or .nii.gz file")
-    check_output(output, force)
+    check_nifti_output(output, force)  # before the model loads and the sampling runs
+    if not 1 <= steps <= MAX_STEPS:
+        raise MedidiffError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}")
     dev = pick_device(device)
     loaded = load_model(model, modality)
     cfg = loaded.config

@@ -52,6 +52,7 @@ NETWORK_SIGMA_SCALE_RANGE = (0.5, 2.0)
 # Mirror images for --flips, in the order used: each pair after the first flips complementary axes.
 MIRRORS: tuple[tuple[int, ...], ...] = ((), (0, 1, 2), (0,), (1, 2), (1,), (0, 2), (2,), (0, 1))
 DEFAULT_STOCHASTIC_STEPS = 4
+MAX_STEPS = 1000  # reverse-process steps: --steps of denoise and sample
 CONTENT_MARGIN = 8  # voxels of background around the signal that still go through the network
 WINDOW_EXTRA = 8  # default windows: the training patch size plus this many voxels
 WINDOW_GROWTH = 16  # ... grown by at most this many voxels when fewer, larger windows cost less
@@ -153,8 +154,8 @@ class DenoiseOptions:
             if self.steps is not None
             else (DEFAULT_STOCHASTIC_STEPS if sampler in STOCHASTIC else DEFAULT_STEPS.get(modality or "MR", 1))
         )
-        if not 1 <= steps <= 1000:
-            raise MedidiffError(f"--steps must be between 1 and 1000, got {steps}")
+        if not 1 <= steps <= MAX_STEPS:
+            raise MedidiffError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}")
         if self.samples > 1 and sampler not in STOCHASTIC and self.strength == 0:
             raise MedidiffError(
                 f"--samples {self.samples} with the deterministic sampler {sampler!r} gives identical runs; "

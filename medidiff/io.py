@@ -90,6 +90,15 @@ def read_volume(path: str | os.PathLike[str], series: str | int | None = None) -
         raise InputError(f"{src}: cannot be read as {kind} ({one_line(exc)}); check the file") from exc
 
 
+def check_nifti_output(path: str | os.PathLike[str], force: bool = False) -> Path:
+    """``path`` as a Path once it is known to be a NIfTI name that may be written (see ``check_output``)."""
+    out = Path(path)
+    if not out.name.lower().endswith(NIFTI_SUFFIXES):
+        raise MedidiffError(f"{out}: medidiff writes NIfTI only; give an output name ending in .nii "
+                            "or .nii.gz")
+    return check_output(out, force)
+
+
 def write_volume(volume: Volume, path: str | os.PathLike[str], force: bool = False) -> Path:
     """Write ``volume`` as NIfTI (``.nii`` or ``.nii.gz``), atomically.
 
@@ -115,11 +124,7 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], force: bool = Fal
         MedidiffError: the name is not NIfTI, the folder is missing, or the file exists without
             ``force`` (:class:`~medidiff.errors.OutputExistsError`).
     """
-    out = Path(path)
-    if not out.name.lower().endswith(NIFTI_SUFFIXES):
-        raise MedidiffError(f"{out}: medidiff writes NIfTI only; give an output name ending in .nii "
-                            "or .nii.gz")
-    check_output(out, force)
+    out = check_nifti_output(path, force)
     header, raw = _to_nifti(volume)
     with atomic_path(out, force=force) as tmp:
         _write_nifti(tmp, header, raw)
