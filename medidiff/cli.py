@@ -249,6 +249,9 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
                    "network's estimate and the scan's local means; 0 turns it off (default: MR 3.7, CT 3)")
     p.add_argument("--blend", type=_nonneg_float, default=None, metavar="F",
                    help="keep a share F (0-1) of the input: (1 - F) x denoised + F x input (default: MR 0, CT 0.1)")
+    p.add_argument("--detail-floor", type=_nonneg_float, default=None, metavar="F",
+                   help="after guided averaging, smooth away the finest detail no stronger than F x sigma, 0-1 "
+                   "(left-over noise in flat tissue); 0 turns it off (default: MR 0.05, CT 0)")
     p.add_argument("--network-sigma-scale", type=_positive_float, default=None, metavar="S",
                    help="tell the network S x sigma, 0.5-2; the steps after it keep sigma (default: MR 1.1, CT 1)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw")

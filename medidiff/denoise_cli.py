@@ -45,6 +45,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         guided_radius=args.guided_radius,
         blend=args.blend,
         network_sigma_scale=args.network_sigma_scale,
+        detail_floor=args.detail_floor,
         strength=args.strength,
         seed=args.seed,
         roi_size=tuple(args.roi_size) if args.roi_size else None,
@@ -79,9 +80,9 @@ def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_
     elif args.series is not None:
         raise MedidiffError("--series applies to a single DICOM folder input")
     denoiser = Denoiser(model=args.model, device=args.device)
-    # steps, sampler, guided radius, blend and network sigma scale as given: their defaults depend on
-    # each scan's modality
-    by_modality = ("steps", "sampler", "guided_radius", "blend", "network_sigma_scale")
+    # steps, sampler, guided radius, blend, network sigma scale and detail floor as given: their
+    # defaults depend on each scan's modality
+    by_modality = ("steps", "sampler", "guided_radius", "blend", "network_sigma_scale", "detail_floor")
     run_options = {
         k: getattr(args if k in by_modality else options, k)
         for k in (
@@ -93,6 +94,7 @@ def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_
             "guided_radius",
             "blend",
             "network_sigma_scale",
+            "detail_floor",
             "strength",
             "seed",
             "roi_size",

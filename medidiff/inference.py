@@ -48,6 +48,11 @@ DEFAULT_BLEND = {"MR": 0.0, "CT": 0.1}
 # the noise level the network is told, as a multiple of the estimate (or --sigma), by modality: on
 # unseen brains the MR model removes more of the noise when told 10 % more; docs/design.md, section 4
 DEFAULT_NETWORK_SIGMA_SCALE = {"MR": 1.1, "CT": 1.0}
+# noise left in the finest detail after guided averaging, as a fraction of sigma, by modality: detail
+# no stronger than it is smoothed away (medidiff.refine.shrink_faint_detail); MR only, measured in
+# docs/design.md, section 4 ("Faint detail")
+DEFAULT_DETAIL_FLOOR = {"MR": 0.05, "CT": 0.0}
+MAX_DETAIL_FLOOR = 1.0
 NETWORK_SIGMA_SCALE_RANGE = (0.5, 2.0)
 # Mirror images for --flips, in the order used: each pair after the first flips complementary axes.
 MIRRORS: tuple[tuple[int, ...], ...] = ((), (0, 1, 2), (0,), (1, 2), (1,), (0, 2), (2,), (0, 1))
@@ -80,6 +85,10 @@ class DenoiseOptions:
         guided_radius: radius of the guided averaging of the noisy scan that follows the network
             (:mod:`medidiff.refine`), in voxels; 0 turns it off. None: 3.7 for MR, 3 for CT
             (``DEFAULT_GUIDED_RADIUS``).
+        detail_floor: after guided averaging, the finest detail no stronger than this fraction of
+            sigma is taken for left-over noise and smoothed away (``refine.shrink_faint_detail``;
+            0-1, 0 turns it off). None: 0.05 for MR, 0 for CT (``DEFAULT_DETAIL_FLOOR``), and 0 when
+            guided averaging is off.
         blend: share ``F`` of the input in the output, ``(1 - F) * denoised + F * input`` (0-1). None:
             0 for MR, 0.1 for CT (``DEFAULT_BLEND``).
         strength: extra re-noising before the reverse process, as a fraction of the network's sigma
@@ -112,6 +121,7 @@ class DenoiseOptions:
     guided_radius: float | None = None
     blend: float | None = None
     network_sigma_scale: float | None = None
+    detail_floor: float | None = None
 
     @property
     def runs(self) -> int:
@@ -133,6 +143,11 @@ class DenoiseOptions:
             raise MedidiffError(
                 f"--guided-radius must be 0 (off) or between 1 and {MAX_GUIDED_RADIUS:g} voxels, got {guided:g}"
             )
+        floor = self.detail_floor
+        if floor is None:  # the default measures what guided averaging leaves: none without it
+            floor = DEFAULT_DETAIL_FLOOR.get(modality or "MR", 0.0) if guided else 0.0
+        if not (math.isfinite(floor) and 0 <= floor <= MAX_DETAIL_FLOOR):
+            raise MedidiffError(f"--detail-floor must lie in [0, {MAX_DETAIL_FLOOR:g}], got {floor:g}")
         blend = self.blend if self.blend is not None else DEFAULT_BLEND.get(modality or "MR", 0.0)
         if not 0 <= blend <= 1:
             raise MedidiffError(f"--blend must lie in [0, 1], got {blend}")
@@ -180,7 +195,8 @@ class DenoiseOptions:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise MedidiffError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         return dataclasses.replace(
-            self, sampler=sampler, steps=steps, guided_radius=guided, blend=blend, network_sigma_scale=scale
+            self, sampler=sampler, steps=steps, guided_radius=guided, blend=blend, network_sigma_scale=scale,
+            detail_floor=floor,
         )
 
 
@@ -540,6 +556,7 @@ class Denoiser:
             "samples": opts.samples,
             "flips": opts.flips,
             "guided_radius": opts.guided_radius,
+            "detail_floor": opts.detail_floor,
             "blend": opts.blend,
             "network_sigma_scale": opts.network_sigma_scale,
             "strength": opts.strength,
@@ -618,12 +635,14 @@ class Denoiser:
             stats["windows"] += windowed.windows
             stats["skipped_windows"] += windowed.skipped
         mean = runs.mean
+        box = _grow_box(extent, roi, content.shape)  # the unmirrored windows' box
         if opts.guided_radius:  # a second look at the scan, steered by the estimate (medidiff.refine)
-            box = _grow_box(extent, roi, content.shape)  # the unmirrored windows' box
             mean[box] = refine.guided_average(
                 y[0, 0].numpy()[box], mean[box], sigma_y, rician=modality == "MR", radius=opts.guided_radius,
                 device=self.device,
             )
+        if opts.detail_floor:  # the faint detail left is mostly noise: smooth it away
+            mean[box] = refine.shrink_faint_detail(mean[box], sigma_y, opts.detail_floor, device=self.device)
         if opts.blend:  # a share of the input back in
             mean = (1.0 - opts.blend) * mean + opts.blend * y[0, 0].numpy()
         mean = norm.denormalize(mean)

@@ -291,6 +291,9 @@ def test_unreadable_input_and_config(tmp_path: Path, capsys, noisy_scan: Path, t
         (["--network-sigma-scale", "0.4"], "--network-sigma-scale"),
         (["--network-sigma-scale", "2.5"], "--network-sigma-scale"),
         (["--network-sigma-scale", "nan"], "--network-sigma-scale"),
+        (["--detail-floor", "1.5"], "--detail-floor"),
+        (["--detail-floor", "-0.1"], "--detail-floor"),
+        (["--detail-floor", "nan"], "--detail-floor"),
         (["--batch-size", "-1"], "--batch-size"),
         (["--roi-size", "4", "4", "4"], "--roi-size"),
         (["--roi-size", "16", "16", "10"], "--roi-size"),  # the tiny U-Net needs multiples of 4
@@ -331,7 +334,7 @@ def test_flips_give_an_uncertainty_map_with_the_scan_geometry(tmp_path: Path, ca
     assert rc == 0, err
     sidecar = json.loads((tmp_path / "o.json").read_text())
     assert sidecar["flips"] == 2 and sidecar["guided_radius"] == 3.7 and sidecar["blend"] == 0.0  # MR defaults
-    assert sidecar["network_sigma_scale"] == 1.1
+    assert sidecar["network_sigma_scale"] == 1.1 and sidecar["detail_floor"] == 0.05
     src, unc = nib.load(noisy_scan), nib.load(spread)
     assert unc.shape == src.shape and np.array_equal(unc.affine, src.affine)
     assert float(np.asarray(unc.dataobj).max()) > 0
@@ -340,10 +343,11 @@ def test_flips_give_an_uncertainty_map_with_the_scan_geometry(tmp_path: Path, ca
 def test_blend_and_guided_radius_reach_the_denoiser(tmp_path: Path, capsys, noisy_scan: Path, tiny_model: Path):
     out = tmp_path / "o.nii.gz"
     rc, _, err = call(capsys, "denoise", noisy_scan, "-o", out, "--model", tiny_model, "--blend", "0.25",
-                      "--guided-radius", "1", "--network-sigma-scale", "1.3")
+                      "--guided-radius", "1", "--network-sigma-scale", "1.3", "--detail-floor", "0.2")
     assert rc == 0, err
     sidecar = json.loads((tmp_path / "o.json").read_text())
     assert sidecar["blend"] == 0.25 and sidecar["guided_radius"] == 1 and sidecar["network_sigma_scale"] == 1.3
+    assert sidecar["detail_floor"] == 0.2
 
 
 def test_oversized_roi_is_fitted_to_the_scan(tmp_path: Path, capsys, noisy_scan: Path, tiny_model: Path):

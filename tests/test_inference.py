@@ -95,16 +95,29 @@ def test_all_eight_mirror_images_are_flipped_back_on_their_own_axes(den: Denoise
 
 
 def test_mr_default_is_the_guided_average_of_the_scan_around_the_network_estimate(den: Denoiser) -> None:
-    from medidiff.refine import guided_average
+    from medidiff.refine import guided_average, shrink_faint_detail
 
     vol = _volume()
     net = den.denoise_volume(vol, sigma=0.05, guided_radius=0)
     result = den.denoise_volume(vol, sigma=0.05)
     assert result.info["guided_radius"] == 3.7 and net.info["guided_radius"] == 0
+    assert result.info["detail_floor"] == 0.05 and net.info["detail_floor"] == 0.0  # none without averaging
     assert result.info["box"] == [[0, n] for n in vol.spatial_shape]  # the whole volume went through
-    expected = guided_average(vol.data[0], net.volume.data[0], 0.05, rician=True, radius=3.7)
+    averaged = guided_average(vol.data[0], net.volume.data[0], 0.05, rician=True, radius=3.7)
+    expected = shrink_faint_detail(averaged, 0.05, 0.05)
     np.testing.assert_allclose(result.volume.data[0], expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(expected, averaged, atol=1e-4)  # the detail step did something here
     assert not np.allclose(result.volume.data[0], net.volume.data[0], atol=1e-3)
+    plain = den.denoise_volume(vol, sigma=0.05, detail_floor=0)
+    np.testing.assert_allclose(plain.volume.data[0], averaged, rtol=1e-4, atol=1e-5)
+
+
+def test_detail_floor_defaults_by_modality_and_follows_guided_averaging() -> None:
+    assert DenoiseOptions().resolved("MR").detail_floor == 0.05
+    assert DenoiseOptions().resolved("CT").detail_floor == 0.0
+    assert DenoiseOptions(guided_radius=0).resolved("MR").detail_floor == 0.0
+    assert DenoiseOptions(detail_floor=0.1).resolved("CT").detail_floor == 0.1
+    assert DenoiseOptions(guided_radius=0, detail_floor=0.1).resolved("MR").detail_floor == 0.1
 
 
 def test_ct_default_blends_a_tenth_of_the_input_back(den: Denoiser) -> None:
@@ -131,7 +144,7 @@ def test_network_is_told_the_scaled_sigma_and_the_steps_after_it_the_estimate(de
     np.testing.assert_allclose(scaled.volume.data, told.volume.data, rtol=1e-5, atol=1e-6)
     assert not np.allclose(scaled.volume.data, plain.volume.data, atol=1e-4)
     # guided averaging works at the estimate, not at the network's scaled level
-    result = den.denoise_volume(vol, sigma=0.05)
+    result = den.denoise_volume(vol, sigma=0.05, detail_floor=0)
     expected = guided_average(vol.data[0], scaled.volume.data[0], 0.05, rician=True, radius=3.7)
     np.testing.assert_allclose(result.volume.data[0], expected, rtol=1e-4, atol=1e-5)
 
@@ -295,7 +308,8 @@ def test_content_mask_ignores_isolated_noise_and_keeps_a_margin() -> None:
      dict(sigma=-0.1), dict(roi_size=(4, 4, 4)), dict(samples=3, sampler="euler"), dict(precision="fp16"),
      dict(flips=0), dict(flips=9), dict(guided_radius=-1), dict(guided_radius=0.5), dict(guided_radius=6),
      dict(blend=-0.1), dict(blend=1.5), dict(network_sigma_scale=0.4), dict(network_sigma_scale=2.5),
-     dict(network_sigma_scale=float("nan"))],
+     dict(network_sigma_scale=float("nan")), dict(detail_floor=-0.1), dict(detail_floor=1.5),
+     dict(detail_floor=float("nan")), dict(detail_floor=float("inf"))],
 )
 def test_bad_options_name_themselves(bad: dict) -> None:
     with pytest.raises(MedidiffError):

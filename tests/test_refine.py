@@ -232,3 +232,43 @@ def test_the_cpu_path_is_used_when_the_device_is_out_of_memory(monkeypatch) -> N
     assert devices == ["cuda", "cpu"]
     np.testing.assert_array_equal(out, real(noisy, clean, 0.05, False, refine.RADIUS, refine.STRENGTH,
                                             refine.DATA_SMOOTHING, refine.DATA_WIDTH, torch.device("cpu")))
+
+
+def _scipy_shrink(x: np.ndarray, sigma: float, floor: float) -> np.ndarray:
+    """The detail step written out with SciPy, as docs/design.md states it."""
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(x, refine.DETAIL_SMOOTHING, mode="nearest")
+    detail = x - smooth
+    power = ndimage.gaussian_filter(detail**2, refine.DETAIL_WINDOW, mode="nearest")
+    gain = np.clip((power - (floor * sigma) ** 2) / np.maximum(power, 1e-30), 0.0, 1.0)
+    return smooth + gain * detail
+
+
+def test_faint_detail_in_flat_tissue_is_smoothed_and_strong_detail_kept() -> None:
+    rng = np.random.default_rng(3)
+    clean = np.full((32, 32, 48), 0.5, np.float32)
+    clean[:, :, 32:] = 0.8  # an edge 6 sigma high
+    clean[8:24, 8:24, 4] += 0.2  # a thin bright sheet
+    left = rng.normal(0, 0.003, clean.shape).astype(np.float32)  # left-over noise, 0.06 sigma
+    x = clean + left
+    out = refine.shrink_faint_detail(x, 0.05, 0.1)
+    flat = (slice(2, -2), slice(2, -2), slice(14, 22))  # 10 voxels from the sheet and the edge
+    # all that is left there is the Gaussian of 0.7 voxels: a quarter of the noise or less
+    assert float(np.std(out[flat])) < 0.35 * float(np.std(x[flat]))
+    # where the detail is far above the floor the output keeps it
+    assert float(np.max(np.abs(out[:, :, 30:34] - x[:, :, 30:34]))) < 0.01
+    assert float(np.mean(out[8:24, 8:24, 4])) == pytest.approx(0.7, abs=0.01)
+    np.testing.assert_allclose(out, _scipy_shrink(x, 0.05, 0.1), rtol=1e-5, atol=1e-6)
+
+
+def test_detail_floor_zero_returns_the_input() -> None:
+    x = np.random.default_rng(4).random((10, 12, 14)).astype(np.float32)
+    np.testing.assert_array_equal(refine.shrink_faint_detail(x, 0.05, 0.0), x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_detail_shrink_on_the_gpu_matches_the_cpu() -> None:
+    x = np.random.default_rng(5).random((40, 40, 40)).astype(np.float32)
+    cpu = refine.shrink_faint_detail(x, 0.1, 0.5)
+    np.testing.assert_allclose(refine.shrink_faint_detail(x, 0.1, 0.5, device="cuda"), cpu, atol=1e-5)
