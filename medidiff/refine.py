@@ -363,14 +363,16 @@ def _shrink_faint_detail(
 ) -> np.ndarray:
     if np.ndim(x) != 3:
         raise ValueError(f"expected a 3D volume, got shape {np.shape(x)}")
-    if dev.type == "cpu":  # SciPy's separable filter: no unfolded copies of the volume, as conv3d makes on the CPU
-        from scipy import ndimage
 
-        def blur(t: torch.Tensor, std: float) -> torch.Tensor:
-            out = ndimage.gaussian_filter(t[0, 0].numpy(), std, mode="nearest", truncate=TRUNCATE)
-            return torch.from_numpy(out)[None, None]
-    else:
-        blur = gaussian_smooth
+    def blur(t: torch.Tensor, std: float) -> torch.Tensor:
+        if dev.type != "cpu":
+            return gaussian_smooth(t, std)
+        from scipy import ndimage  # on the CPU: no unfolded copies of the volume, as conv3d makes there
+
+        return torch.from_numpy(ndimage.gaussian_filter(t[0, 0].numpy(), std, mode="nearest", truncate=TRUNCATE))[
+            None, None
+        ]
+
     vol = torch.from_numpy(np.array(x, dtype=np.float32))[None, None].to(dev)
     smooth = blur(vol, smoothing)
     detail = vol.sub_(smooth)  # vol is a copy: reuse its memory
