@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,33 @@ def gaussian_smooth(x: torch.Tensor, smoothing: float) -> torch.Tensor:
     return x
 
 
+def smooth_volume(x: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """A Gaussian of ``smoothing`` voxels of the (X, Y, Z) tensor ``x``, on ``x``'s device.
+
+    On the CPU with SciPy (torch's ``conv3d`` there unfolds the volume into a copy per tap), else
+    with :func:`gaussian_smooth`; both ``mode="nearest"``, ``truncate=TRUNCATE``.
+    """
+    if x.device.type != "cpu":
+        return gaussian_smooth(x[None, None], smoothing)[0, 0]
+    from scipy import ndimage
+
+    return torch.from_numpy(ndimage.gaussian_filter(x.numpy(), smoothing, mode="nearest", truncate=TRUNCATE))
+
+
+def _on_device_or_cpu(run: Callable[[torch.device], np.ndarray], device: torch.device | str | None,
+                      what: str) -> np.ndarray:
+    """``run(device)`` (None: the CPU); out of GPU memory, ``run`` again on the CPU with a warning."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type != "cpu":
+        try:
+            return run(dev)
+        except torch.cuda.OutOfMemoryError:
+            pass
+        torch.cuda.empty_cache()  # outside the handler, so the failed call's tensors are gone
+        log.warning("%s ran out of GPU memory; running it on the CPU", what)
+    return run(torch.device("cpu"))
+
+
 def smoothed_noise_factor(smoothing: float) -> float:
     """Std of white noise after ``scipy.ndimage.gaussian_filter(.., smoothing)`` in 3D, per unit of sigma."""
     return float(np.sum(gaussian_taps(smoothing) ** 2) ** 1.5)
@@ -128,15 +155,7 @@ def guided_average(
         (X, Y, Z) float32 array.
     """
     args = (noisy, guide, sigma, rician, radius, strength, data_smoothing, data_width)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type != "cpu":
-        try:
-            return _guided_average(*args, dev)
-        except torch.cuda.OutOfMemoryError:
-            pass
-        torch.cuda.empty_cache()  # outside the handler, so the failed call's tensors are gone
-        log.warning("guided averaging ran out of GPU memory; running it on the CPU")
-    return _guided_average(*args, torch.device("cpu"))
+    return _on_device_or_cpu(lambda dev: _guided_average(*args, dev), device, "guided averaging")
 
 
 def _guided_average(
@@ -169,13 +188,7 @@ def _guided_average(
     g_all = padded(on_device(guide), scale=math.sqrt(inv_h2))
     scan = on_device(noisy)  # one copy of the scan: the local means are taken from it, then it is padded
     if use_means:  # one more padded copy
-        if dev.type == "cpu":
-            from scipy import ndimage
-
-            means = torch.from_numpy(ndimage.gaussian_filter(scan.numpy(), data_smoothing, mode="nearest",
-                                                             truncate=TRUNCATE))
-        else:
-            means = gaussian_smooth(scan[None, None], data_smoothing)[0, 0]
+        means = smooth_volume(scan, data_smoothing)
         inv_m2 = 1.0 / (2.0 * (data_width * sigma * smoothed_noise_factor(data_smoothing)) ** 2)
         m_all = padded(means, scale=math.sqrt(inv_m2))
         del means
@@ -347,15 +360,8 @@ def shrink_faint_detail(
     """
     if floor <= 0 or sigma <= 0:
         return np.asarray(x, np.float32)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type != "cpu":
-        try:
-            return _shrink_faint_detail(x, sigma, floor, smoothing, window, dev)
-        except torch.cuda.OutOfMemoryError:
-            pass
-        torch.cuda.empty_cache()
-        log.warning("detail shrinkage ran out of GPU memory; running it on the CPU")
-    return _shrink_faint_detail(x, sigma, floor, smoothing, window, torch.device("cpu"))
+    return _on_device_or_cpu(lambda dev: _shrink_faint_detail(x, sigma, floor, smoothing, window, dev), device,
+                             "detail shrinkage")
 
 
 def _shrink_faint_detail(
@@ -363,22 +369,12 @@ def _shrink_faint_detail(
 ) -> np.ndarray:
     if np.ndim(x) != 3:
         raise ValueError(f"expected a 3D volume, got shape {np.shape(x)}")
-
-    def blur(t: torch.Tensor, std: float) -> torch.Tensor:
-        if dev.type != "cpu":
-            return gaussian_smooth(t, std)
-        from scipy import ndimage  # on the CPU: no unfolded copies of the volume, as conv3d makes there
-
-        return torch.from_numpy(ndimage.gaussian_filter(t[0, 0].numpy(), std, mode="nearest", truncate=TRUNCATE))[
-            None, None
-        ]
-
-    vol = torch.from_numpy(np.array(x, dtype=np.float32))[None, None].to(dev)
-    smooth = blur(vol, smoothing)
+    vol = torch.from_numpy(np.array(x, dtype=np.float32)).to(dev)
+    smooth = smooth_volume(vol, smoothing)
     detail = vol.sub_(smooth)  # vol is a copy: reuse its memory
     del vol
-    power = blur(detail.square(), window)
+    power = smooth_volume(detail.square(), window)
     noise = (floor * sigma) ** 2
     gain = (power - noise).clamp_(min=0.0).div_(power.clamp_(min=torch.finfo(torch.float32).tiny))
     del power
-    return smooth.add_(gain.mul_(detail))[0, 0].cpu().numpy()
+    return smooth.add_(gain.mul_(detail)).cpu().numpy()
