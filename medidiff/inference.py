@@ -538,7 +538,8 @@ class Denoiser:
         outputs, spreads, sigmas, notes = [], [], [], []
         stats: dict[str, Any] = {"windows": 0, "skipped_windows": 0}
         for c in range(volume.n_volumes):
-            mean, spread, sigma, note = self._denoise_3d(volume.data[c], modality, loaded, opts, stats)
+            mean, spread, sigma, note = self._denoise_3d(volume.data[c], modality, loaded, opts, stats,
+                                                         volume.meta.spacing)
             outputs.append(mean)
             spreads.append(spread)
             sigmas.append(sigma)
@@ -574,7 +575,8 @@ class Denoiser:
         return DenoiseResult(denoised, uncertainty, float(np.mean(sigmas)), info)
 
     def _denoise_3d(
-        self, data: np.ndarray, modality: str, loaded: Any, opts: DenoiseOptions, stats: dict[str, Any]
+        self, data: np.ndarray, modality: str, loaded: Any, opts: DenoiseOptions, stats: dict[str, Any],
+        spacing: tuple[float, float, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, float, str]:
         from medidiff.noise import estimate_sigma
         from medidiff.sampling import get_sampler, randn_like
@@ -636,13 +638,15 @@ class Denoiser:
             stats["skipped_windows"] += windowed.skipped
         mean = runs.mean
         box = _grow_box(extent, roi, content.shape)  # the unmirrored windows' box
+        # guided averaging and the detail step are round in millimetres (medidiff.refine.voxel_scale)
         if opts.guided_radius:  # a second look at the scan, steered by the estimate (medidiff.refine)
             mean[box] = refine.guided_average(
                 y[0, 0].numpy()[box], mean[box], sigma_y, rician=modality == "MR", radius=opts.guided_radius,
-                device=self.device,
+                spacing=spacing, device=self.device,
             )
         if opts.detail_floor:  # the faint detail left is mostly noise: smooth it away
-            mean[box] = refine.shrink_faint_detail(mean[box], sigma_y, opts.detail_floor, device=self.device)
+            mean[box] = refine.shrink_faint_detail(mean[box], sigma_y, opts.detail_floor, spacing=spacing,
+                                                   device=self.device)
         if opts.blend:  # a share of the input back in
             mean = (1.0 - opts.blend) * mean + opts.blend * y[0, 0].numpy()
         mean = norm.denormalize(mean)

@@ -17,6 +17,10 @@ Guided averaging leaves a little noise in the finest detail of flat tissue. ``sh
 run after it on MR, keeps that detail only in proportion to how far its local power exceeds the
 noise's (a local Wiener gain), so flat tissue is smoothed and edges and texture are kept.
 
+Neighbourhoods and Gaussians here are round in millimetres: given the scan's voxel spacing, their
+sizes count voxels of the finest axis, and a coarser axis gets proportionally fewer (on a 1 x 1 x 3 mm
+scan a ball of 3.7 reaches one slice up and down, not three).
+
 Measured on the held-out Colin27 brain and on the CT scans: docs/design.md (section 4) and
 docs/benchmarks.md.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +57,20 @@ DETAIL_SMOOTHING = 0.7
 DETAIL_WINDOW = 1.5
 
 
+def voxel_scale(spacing: Sequence[float] | None) -> tuple[float, float, float]:
+    """Each axis's voxel size over the finest axis's, e.g. ``(1, 1, 3)`` for a 1 x 1 x 3 mm scan.
+
+    None, or a spacing that is not three finite positive numbers (a degenerate affine), gives ``(1, 1, 1)``.
+    """
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    values = np.asarray(spacing, dtype=np.float64).ravel()
+    if values.size != 3 or not np.all(np.isfinite(values)) or not np.all(values > 0):
+        return (1.0, 1.0, 1.0)
+    rel = values / values.min()
+    return (float(rel[0]), float(rel[1]), float(rel[2]))
+
+
 def gaussian_taps(smoothing: float) -> np.ndarray:
     """The 1D kernel of ``scipy.ndimage.gaussian_filter(.., smoothing, truncate=TRUNCATE)``."""
     from scipy import ndimage
@@ -63,18 +81,24 @@ def gaussian_taps(smoothing: float) -> np.ndarray:
     return ndimage.gaussian_filter1d(delta, smoothing, mode="constant", truncate=TRUNCATE)
 
 
-def gaussian_smooth(x: torch.Tensor, smoothing: float) -> torch.Tensor:
+def _axis_stds(smoothing: float, spacing: Sequence[float] | None) -> list[float]:
+    """A Gaussian of ``smoothing`` voxels of the finest axis, as a std per axis in that axis's voxels."""
+    return [smoothing / q for q in voxel_scale(spacing)]
+
+
+def gaussian_smooth(x: torch.Tensor, smoothing: float, spacing: Sequence[float] | None = None) -> torch.Tensor:
     """``scipy.ndimage.gaussian_filter(.., smoothing, mode="nearest", truncate=TRUNCATE)`` in torch.
 
-    ``x``: (B, 1, X, Y, Z), each volume filtered on its own.
+    ``x``: (B, 1, X, Y, Z), each volume filtered on its own. With ``spacing`` the std is ``smoothing``
+    voxels of the finest axis (:func:`voxel_scale`), fewer voxels along coarser axes.
     """
-    taps = torch.as_tensor(gaussian_taps(smoothing), dtype=x.dtype, device=x.device)
-    half = taps.numel() // 2
     cudnn = torch.backends.cudnn
     # full float32 on GPUs, whose convolutions may otherwise round inputs to TF32's 10-bit mantissa
     with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
                      allow_tf32=False):
-        for axis in range(3):  # separable, with scipy's "nearest" (replicated) borders
+        for axis, std in enumerate(_axis_stds(smoothing, spacing)):  # separable, scipy's "nearest" borders
+            taps = torch.as_tensor(gaussian_taps(std), dtype=x.dtype, device=x.device)
+            half = taps.numel() // 2
             shape = [1, 1, 1, 1, 1]
             shape[2 + axis] = taps.numel()
             pad = [0] * 6
@@ -83,17 +107,18 @@ def gaussian_smooth(x: torch.Tensor, smoothing: float) -> torch.Tensor:
     return x
 
 
-def smooth_volume(x: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """A Gaussian of ``smoothing`` voxels of the (X, Y, Z) tensor ``x``, on ``x``'s device.
+def smooth_volume(x: torch.Tensor, smoothing: float, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """A Gaussian of ``smoothing`` voxels (of the finest axis, given ``spacing``) of the (X, Y, Z) tensor ``x``.
 
-    On the CPU with SciPy (torch's ``conv3d`` there unfolds the volume into a copy per tap), else
-    with :func:`gaussian_smooth`; both ``mode="nearest"``, ``truncate=TRUNCATE``.
+    On ``x``'s device: on the CPU with SciPy (torch's ``conv3d`` there unfolds the volume into a copy
+    per tap), else with :func:`gaussian_smooth`; both ``mode="nearest"``, ``truncate=TRUNCATE``.
     """
     if x.device.type != "cpu":
-        return gaussian_smooth(x[None, None], smoothing)[0, 0]
+        return gaussian_smooth(x[None, None], smoothing, spacing)[0, 0]
     from scipy import ndimage
 
-    return torch.from_numpy(ndimage.gaussian_filter(x.numpy(), smoothing, mode="nearest", truncate=TRUNCATE))
+    stds = _axis_stds(smoothing, spacing)
+    return torch.from_numpy(ndimage.gaussian_filter(x.numpy(), stds, mode="nearest", truncate=TRUNCATE))
 
 
 def _on_device_or_cpu(run: Callable[[torch.device], np.ndarray], device: torch.device | str | None,
@@ -110,16 +135,22 @@ def _on_device_or_cpu(run: Callable[[torch.device], np.ndarray], device: torch.d
     return run(torch.device("cpu"))
 
 
-def smoothed_noise_factor(smoothing: float) -> float:
-    """Std of white noise after ``scipy.ndimage.gaussian_filter(.., smoothing)`` in 3D, per unit of sigma."""
-    return float(np.sum(gaussian_taps(smoothing) ** 2) ** 1.5)
+def smoothed_noise_factor(smoothing: float, spacing: Sequence[float] | None = None) -> float:
+    """Std of white noise after :func:`smooth_volume` (``smoothing``, ``spacing``) in 3D, per unit of sigma."""
+    return float(np.prod([np.sum(gaussian_taps(std) ** 2) ** 0.5 for std in _axis_stds(smoothing, spacing)]))
 
 
-def neighbourhood(radius: float) -> list[tuple[int, int, int]]:
-    """Offsets ``(i, j, k)`` of the voxels within ``radius`` of the centre (the centre included)."""
+def neighbourhood(radius: float, spacing: Sequence[float] | None = None) -> list[tuple[int, int, int]]:
+    """Offsets ``(i, j, k)`` of the voxels within ``radius`` of the centre (the centre included).
+
+    With ``spacing`` the distance is in voxels of the finest axis (:func:`voxel_scale`): a ball in
+    millimetres, reaching fewer voxels along coarser axes.
+    """
+    a, b, c = voxel_scale(spacing)
     r = int(np.floor(radius))
     span = range(-r, r + 1)
-    return [(i, j, k) for i, j, k in itertools.product(span, span, span) if i * i + j * j + k * k <= radius**2 + 1e-9]
+    return [(i, j, k) for i, j, k in itertools.product(span, span, span)
+            if (a * i) ** 2 + (b * j) ** 2 + (c * k) ** 2 <= radius**2 + 1e-9]
 
 
 def guided_average(
@@ -132,6 +163,7 @@ def guided_average(
     strength: float = STRENGTH,
     data_smoothing: float = DATA_SMOOTHING,
     data_width: float = DATA_WIDTH,
+    spacing: Sequence[float] | None = None,
     device: torch.device | str | None = None,
 ) -> np.ndarray:
     """Weighted mean of ``noisy`` over each voxel's neighbourhood, weights from ``guide`` and local means.
@@ -147,6 +179,8 @@ def guided_average(
             steer the weights too: a second factor ``exp(-(m_j - m_i)^2 / (2 (c s_m)^2))``, ``s_m`` the
             means' own noise std and ``c = data_width``. It keeps texture that the estimate smoothed.
         data_width: ``c`` above.
+        spacing: the voxel size along each axis (any unit); the ball and the local means' Gaussian are
+            then round in those units, sized in voxels of the finest axis. None: isotropic.
         device: where the arithmetic runs (None: the CPU). On a GPU the slabs are larger and the
             local means come from the same separable filter in torch; out of GPU memory, it runs on
             the CPU instead.
@@ -154,13 +188,13 @@ def guided_average(
     Returns:
         (X, Y, Z) float32 array.
     """
-    args = (noisy, guide, sigma, rician, radius, strength, data_smoothing, data_width)
+    args = (noisy, guide, sigma, rician, radius, strength, data_smoothing, data_width, spacing)
     return _on_device_or_cpu(lambda dev: _guided_average(*args, dev), device, "guided averaging")
 
 
 def _guided_average(
     noisy: np.ndarray, guide: np.ndarray, sigma: float, rician: bool, radius: float, strength: float,
-    data_smoothing: float, data_width: float, dev: torch.device,
+    data_smoothing: float, data_width: float, spacing: Sequence[float] | None, dev: torch.device,
 ) -> np.ndarray:
     if noisy.shape != guide.shape or noisy.ndim != 3:
         raise ValueError(f"noisy {noisy.shape} and guide {guide.shape} must be the same 3D shape")
@@ -168,7 +202,7 @@ def _guided_average(
         return np.asarray(guide, np.float32)
     inv_h2 = 1.0 / (strength * sigma) ** 2
     r = int(np.floor(radius))
-    offsets = neighbourhood(radius)
+    offsets = neighbourhood(radius, spacing)
     use_means = data_smoothing > 0
 
     def padded(t: torch.Tensor, square: bool = False, scale: float = 1.0) -> torch.Tensor:
@@ -188,8 +222,8 @@ def _guided_average(
     g_all = padded(on_device(guide), scale=math.sqrt(inv_h2))
     scan = on_device(noisy)  # one copy of the scan: the local means are taken from it, then it is padded
     if use_means:  # one more padded copy
-        means = smooth_volume(scan, data_smoothing)
-        inv_m2 = 1.0 / (2.0 * (data_width * sigma * smoothed_noise_factor(data_smoothing)) ** 2)
+        means = smooth_volume(scan, data_smoothing, spacing)
+        inv_m2 = 1.0 / (2.0 * (data_width * sigma * smoothed_noise_factor(data_smoothing, spacing)) ** 2)
         m_all = padded(means, scale=math.sqrt(inv_m2))
         del means
     y_all = padded(scan, square=rician)
@@ -336,6 +370,7 @@ def shrink_faint_detail(
     *,
     smoothing: float = DETAIL_SMOOTHING,
     window: float = DETAIL_WINDOW,
+    spacing: Sequence[float] | None = None,
     device: torch.device | str | None = None,
 ) -> np.ndarray:
     """Shrink the finest detail of ``x`` where it is no stronger than the noise left in it (a local Wiener gain).
@@ -353,6 +388,8 @@ def shrink_faint_detail(
         floor: the noise left in the detail, as a fraction of ``sigma``; 0 returns ``x``.
         smoothing: Gaussian std in voxels below which lies the detail.
         window: Gaussian std in voxels over which its power is measured.
+        spacing: the voxel size along each axis; both Gaussians are then round in its units, their stds
+            in voxels of the finest axis. None: isotropic.
         device: where the arithmetic runs (None: the CPU); out of GPU memory, the CPU.
 
     Returns:
@@ -360,20 +397,21 @@ def shrink_faint_detail(
     """
     if floor <= 0 or sigma <= 0:
         return np.asarray(x, np.float32)
-    return _on_device_or_cpu(lambda dev: _shrink_faint_detail(x, sigma, floor, smoothing, window, dev), device,
-                             "detail shrinkage")
+    return _on_device_or_cpu(lambda dev: _shrink_faint_detail(x, sigma, floor, smoothing, window, spacing, dev),
+                             device, "detail shrinkage")
 
 
 def _shrink_faint_detail(
-    x: np.ndarray, sigma: float, floor: float, smoothing: float, window: float, dev: torch.device
+    x: np.ndarray, sigma: float, floor: float, smoothing: float, window: float, spacing: Sequence[float] | None,
+    dev: torch.device,
 ) -> np.ndarray:
     if np.ndim(x) != 3:
         raise ValueError(f"expected a 3D volume, got shape {np.shape(x)}")
     vol = torch.from_numpy(np.array(x, dtype=np.float32)).to(dev)
-    smooth = smooth_volume(vol, smoothing)
+    smooth = smooth_volume(vol, smoothing, spacing)
     detail = vol.sub_(smooth)  # vol is a copy: reuse its memory
     del vol
-    power = smooth_volume(detail.square(), window)
+    power = smooth_volume(detail.square(), window, spacing)
     noise = (floor * sigma) ** 2
     gain = (power - noise).clamp_(min=0.0).div_(power.clamp_(min=torch.finfo(torch.float32).tiny))
     del power

@@ -103,9 +103,15 @@ def test_mr_default_is_the_guided_average_of_the_scan_around_the_network_estimat
     assert result.info["guided_radius"] == 3.7 and net.info["guided_radius"] == 0
     assert result.info["detail_floor"] == 0.05 and net.info["detail_floor"] == 0.0  # none without averaging
     assert result.info["box"] == [[0, n] for n in vol.spatial_shape]  # the whole volume went through
-    averaged = guided_average(vol.data[0], net.volume.data[0], 0.05, rician=True, radius=3.7)
-    expected = shrink_faint_detail(averaged, 0.05, 0.05)
+    # both steps are round in millimetres: this volume's voxels are 1.5 x 1.5 x 2 mm
+    assert vol.meta.spacing[2] == 2.0 and vol.meta.spacing[0] == pytest.approx(1.5033, abs=1e-4)
+    averaged = guided_average(vol.data[0], net.volume.data[0], 0.05, rician=True, radius=3.7,
+                              spacing=vol.meta.spacing)
+    expected = shrink_faint_detail(averaged, 0.05, 0.05, spacing=vol.meta.spacing)
     np.testing.assert_allclose(result.volume.data[0], expected, rtol=1e-4, atol=1e-5)
+    isotropic = shrink_faint_detail(guided_average(vol.data[0], net.volume.data[0], 0.05, rician=True, radius=3.7),
+                                    0.05, 0.05)
+    assert not np.allclose(result.volume.data[0], isotropic, atol=1e-4)  # the spacing made a difference
     assert not np.allclose(expected, averaged, atol=1e-4)  # the detail step did something here
     assert not np.allclose(result.volume.data[0], net.volume.data[0], atol=1e-3)
     plain = den.denoise_volume(vol, sigma=0.05, detail_floor=0)
@@ -145,7 +151,8 @@ def test_network_is_told_the_scaled_sigma_and_the_steps_after_it_the_estimate(de
     assert not np.allclose(scaled.volume.data, plain.volume.data, atol=1e-4)
     # guided averaging works at the estimate, not at the network's scaled level
     result = den.denoise_volume(vol, sigma=0.05, detail_floor=0)
-    expected = guided_average(vol.data[0], scaled.volume.data[0], 0.05, rician=True, radius=3.7)
+    expected = guided_average(vol.data[0], scaled.volume.data[0], 0.05, rician=True, radius=3.7,
+                              spacing=vol.meta.spacing)
     np.testing.assert_allclose(result.volume.data[0], expected, rtol=1e-4, atol=1e-5)
 
 

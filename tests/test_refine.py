@@ -231,16 +231,16 @@ def test_the_cpu_path_is_used_when_the_device_is_out_of_memory(monkeypatch) -> N
     out = guided_average(noisy, clean, 0.05, rician=False, device="cuda")
     assert devices == ["cuda", "cpu"]
     np.testing.assert_array_equal(out, real(noisy, clean, 0.05, False, refine.RADIUS, refine.STRENGTH,
-                                            refine.DATA_SMOOTHING, refine.DATA_WIDTH, torch.device("cpu")))
+                                            refine.DATA_SMOOTHING, refine.DATA_WIDTH, None, torch.device("cpu")))
 
 
-def _scipy_shrink(x: np.ndarray, sigma: float, floor: float) -> np.ndarray:
-    """The detail step written out with SciPy, as docs/design.md states it."""
+def _scipy_shrink(x: np.ndarray, sigma: float, floor: float, scale=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """The detail step written out with SciPy, as docs/design.md states it (``scale``: relative voxel sizes)."""
     from scipy import ndimage
 
-    smooth = ndimage.gaussian_filter(x, refine.DETAIL_SMOOTHING, mode="nearest")
+    smooth = ndimage.gaussian_filter(x, [refine.DETAIL_SMOOTHING / q for q in scale], mode="nearest")
     detail = x - smooth
-    power = ndimage.gaussian_filter(detail**2, refine.DETAIL_WINDOW, mode="nearest")
+    power = ndimage.gaussian_filter(detail**2, [refine.DETAIL_WINDOW / q for q in scale], mode="nearest")
     gain = np.clip((power - (floor * sigma) ** 2) / np.maximum(power, 1e-30), 0.0, 1.0)
     return smooth + gain * detail
 
@@ -272,3 +272,64 @@ def test_detail_shrink_on_the_gpu_matches_the_cpu() -> None:
     x = np.random.default_rng(5).random((40, 40, 40)).astype(np.float32)
     cpu = refine.shrink_faint_detail(x, 0.1, 0.5)
     np.testing.assert_allclose(refine.shrink_faint_detail(x, 0.1, 0.5, device="cuda"), cpu, atol=1e-5)
+
+
+# --- round in millimetres: the voxel spacing shapes the ball and the Gaussians ---
+
+
+def test_voxel_scale_is_relative_to_the_finest_axis_and_falls_back_to_isotropic() -> None:
+    assert refine.voxel_scale((1.0, 1.0, 3.0)) == (1.0, 1.0, 3.0)
+    assert refine.voxel_scale((0.5, 1.5, 0.5)) == (1.0, 3.0, 1.0)
+    for bad in (None, (0.0, 1.0, 1.0), (float("nan"), 1.0, 1.0), (-1.0, 1.0, 1.0), (1.0, 1.0)):
+        assert refine.voxel_scale(bad) == (1.0, 1.0, 1.0)
+
+
+def test_the_neighbourhood_is_a_ball_in_millimetres() -> None:
+    assert refine.neighbourhood(3.7, (2.0, 2.0, 2.0)) == refine.neighbourhood(3.7)  # isotropic: unchanged
+    thick = refine.neighbourhood(3.7, (1.0, 1.0, 3.0))
+    assert {k for _, _, k in thick} == {-1, 0, 1}  # 3 mm slices: one up and one down, not three
+    in_plane = sum(1 for i, j in np.ndindex(9, 9) if (i - 4) ** 2 + (j - 4) ** 2 <= 3.7**2)  # 43
+    next_slice = sum(1 for i, j in np.ndindex(9, 9) if (i - 4) ** 2 + (j - 4) ** 2 <= 3.7**2 - 9)  # 14
+    assert len(thick) == in_plane + 2 * next_slice == 71
+    assert {i for i, _, _ in refine.neighbourhood(3.7, (3.0, 1.0, 1.0))} == {-1, 0, 1}  # the coarse axis is found
+
+
+def test_gaussians_take_a_std_per_axis_from_the_spacing() -> None:
+    from scipy import ndimage
+
+    x = np.random.default_rng(8).normal(size=(17, 12, 15)).astype(np.float32)
+    ref = ndimage.gaussian_filter(x, [0.75, 0.75, 0.25], mode="nearest", truncate=refine.TRUNCATE)
+    np.testing.assert_allclose(refine.smooth_volume(torch.from_numpy(x), 0.75, (1.0, 1.0, 3.0)).numpy(), ref,
+                               atol=1e-6)
+    torch_out = refine.gaussian_smooth(torch.from_numpy(x)[None, None], 0.75, (0.8, 0.8, 2.4))[0, 0].numpy()
+    np.testing.assert_allclose(torch_out, ref, atol=1e-5)
+
+
+def test_smoothed_noise_factor_follows_the_spacing() -> None:
+    from scipy import ndimage
+
+    noise = np.random.default_rng(9).normal(0, 1, (64, 64, 64)).astype(np.float32)
+    measured = float(ndimage.gaussian_filter(noise, [0.75, 0.75, 0.25], mode="nearest", truncate=4.0)[8:-8, 8:-8,
+                                                                                                     8:-8].std())
+    assert refine.smoothed_noise_factor(0.75, (1.0, 1.0, 3.0)) == pytest.approx(measured, rel=0.03)
+    assert refine.smoothed_noise_factor(0.75, (1.0, 1.0, 3.0)) > 1.5 * refine.smoothed_noise_factor(0.75)
+    assert refine.smoothed_noise_factor(0.75, (3.0, 3.0, 3.0)) == pytest.approx(refine.smoothed_noise_factor(0.75))
+
+
+def test_guided_average_over_thick_slices_averages_the_ball_in_millimetres() -> None:
+    rng = np.random.default_rng(10)
+    clean = np.full((30, 30, 30), 0.5, np.float32)
+    noisy = clean + rng.normal(0, 0.05, clean.shape).astype(np.float32)
+    out = guided_average(noisy, clean, 0.05, rician=False, radius=3.7, data_smoothing=0, spacing=(1.0, 1.0, 3.0))
+    inner = (slice(4, -4),) * 3
+    # the 71 voxels within 3.7 mm at 1 x 1 x 3 mm, all equally weighted in flat tissue
+    assert float(np.std(out[inner])) == pytest.approx(0.05 / np.sqrt(71), rel=0.1)
+    same = guided_average(noisy, clean, 0.05, rician=True, spacing=(1.5, 1.5, 1.5))
+    np.testing.assert_array_equal(same, guided_average(noisy, clean, 0.05, rician=True))
+
+
+def test_detail_step_with_spacing_matches_the_scipy_formula() -> None:
+    x = np.random.default_rng(11).random((20, 22, 12)).astype(np.float32)
+    out = refine.shrink_faint_detail(x, 0.1, 0.5, spacing=(0.9, 0.9, 2.7))
+    np.testing.assert_allclose(out, _scipy_shrink(x, 0.1, 0.5, (1.0, 1.0, 3.0)), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out, refine.shrink_faint_detail(x, 0.1, 0.5), atol=1e-4)
