@@ -173,7 +173,8 @@ def guided_average(
         guide: (X, Y, Z) the network's estimate, same units.
         sigma: noise sigma in those units (> 0).
         rician: average ``y^2`` and remove the Rician bias ``2 sigma^2`` (MR magnitude images).
-        radius: neighbourhood radius in voxels, a ball (below 1 returns ``guide``).
+        radius: neighbourhood radius in voxels (of the finest axis, given ``spacing``), a ball; below 1
+            returns ``guide``.
         strength: the range kernel's width ``h`` as a multiple of ``sigma``.
         data_smoothing: when > 0, local means ``m`` of the noisy scan (Gaussian, this std in voxels)
             steer the weights too: a second factor ``exp(-(m_j - m_i)^2 / (2 (c s_m)^2))``, ``s_m`` the
