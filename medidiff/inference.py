@@ -458,6 +458,16 @@ class Denoiser:
         self.device = pick_device(device)
         self._loaded: dict[str | None, Any] = {}
 
+    def load(self, modality: str) -> None:
+        """Load the model for ``modality`` (``MR`` or ``CT``) now rather than on the first call.
+
+        Loading builds MONAI's U-Net (importing MONAI, about a second on a CPU) and reads the weights;
+        a pipeline or a timing that should not pay for it inside its first call loads first.
+        """
+        if modality not in ("MR", "CT"):
+            raise MedidiffError(f"modality must be MR or CT, got {modality!r}")
+        self._model_for(modality)
+
     def _model_for(self, modality: str) -> Any:
         from medidiff.checkpoint import load_model
 

@@ -27,6 +27,10 @@ class FakeDenoiser:
 
     def __init__(self, model: Any = None, device: str = "auto") -> None:
         self.model = model
+        self.loaded: list[str] = []
+
+    def load(self, modality: str) -> None:
+        self.loaded.append(modality)
 
     def denoise_volume(self, volume: Volume, modality: str | None = None, **options: Any) -> SimpleNamespace:
         from scipy import ndimage
@@ -240,6 +244,24 @@ def test_fp32_true_sigma_and_classic_nlm_rows(tmp_path: Path, monkeypatch: pytes
     assert by[("mr_tiny", 3.0, "medidiff")]["sigma_est"] == pytest.approx(0.042)
     assert by[("mr_tiny", 3.0, "medidiff")]["psnr"] != by[("mr_tiny", 3.0, "medidiff-fp32")]["psnr"]
     assert by[("mr_tiny", 3.0, "nlmeans")]["psnr"] != by[("mr_tiny", 3.0, "nlmeans-classic")]["psnr"]
+
+
+def test_the_model_is_loaded_in_the_setup_not_in_the_timed_call(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    class Recording(FakeDenoiser):
+        def load(self, modality: str) -> None:
+            events.append(f"load {modality}")
+
+        def denoise_volume(self, volume: Volume, modality: str | None = None, **options: Any) -> SimpleNamespace:
+            events.append("denoise")
+            return super().denoise_volume(volume, modality, **options)
+
+    _synthetic_data(tmp_path / "data")
+    cfg = _config(tmp_path / "data", ["medidiff"], isolate=False)
+    sample = next(s for s in benchmark.make_samples(cfg) if s.case.modality == "CT")
+    result = benchmark.run_method("medidiff", sample, cfg, factory=Recording)
+    assert events == ["load CT", "denoise"] and result.setup_s >= 0 and result.run_s >= 0
 
 
 def test_network_only_row_is_made_where_the_default_adds_to_the_network(

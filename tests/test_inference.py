@@ -394,6 +394,16 @@ def test_cuda_request_without_cuda_is_a_clear_error() -> None:
         Denoiser(model=None, device="cuda")
 
 
+def test_load_keeps_the_model_for_the_calls_after_it(tiny_model) -> None:
+    den = Denoiser(model=str(tiny_model), device="cpu")
+    assert not den._loaded
+    den.load("MR")
+    loaded = den._model_for("MR")
+    assert den._loaded and den._model_for("CT") is loaded  # one given model serves both modalities
+    with pytest.raises(MedidiffError, match="MR or CT"):
+        den.load("PET")
+
+
 def test_missing_model_is_a_model_error(tmp_path) -> None:
     with pytest.raises(ModelError, match="not found"):
         Denoiser(model=str(tmp_path / "nope.safetensors"), device="cpu").denoise_volume(_volume())
