@@ -21,6 +21,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medidiff.metrics import axial_axis
+
 SCANS = (  # (reference file, output file, thin slices per thick slice)
     ("colin27_ch2_T1_brain_1mm.nii.gz", "colin27_t1_1x1x3mm.nii.gz", 3),
     ("totalseg_chest_cta_crop_1p5mm.nii.gz", "chest_cta_1p5x1p5x3mm.nii.gz", 2),
@@ -29,7 +31,7 @@ SCANS = (  # (reference file, output file, thin slices per thick slice)
 
 def thick_slices(data: np.ndarray, affine: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Means of ``n`` consecutive slices along the axial axis, and the affine of the result."""
-    axis = int(np.argmax(np.abs(affine[2, :3])))  # the voxel axis closest to superior-inferior
+    axis = axial_axis(affine)  # the voxel axis closest to superior-inferior, as the benchmark finds it
     count = data.shape[axis] // n
     moved = np.moveaxis(data.astype(np.float32), axis, 0)[: count * n]
     thick = np.moveaxis(moved.reshape(count, n, *moved.shape[1:]).mean(axis=1), 0, axis)
