@@ -124,11 +124,12 @@ def test_repository_config_mirrors_the_defaults(tmp_path: Path) -> None:
     assert Path(shipped.data_dir) == benchmark.DEFAULT_DATA_DIR.resolve()
 
 
-@pytest.mark.parametrize("name", ["ct_abdomen_in_sample.yaml", "mr_mni152.yaml", "mr_phantom_head.yaml"])
-def test_extra_benchmark_configs_load(name: str, tmp_path: Path) -> None:
-    """The configs under benchmarks/ that docs/benchmarks.md runs: valid keys, one case each."""
+@pytest.mark.parametrize(("name", "cases"), [("ct_abdomen_in_sample.yaml", 1), ("mr_mni152.yaml", 1),
+                                             ("mr_phantom_head.yaml", 1), ("thick_slices.yaml", 2)])
+def test_extra_benchmark_configs_load(name: str, cases: int, tmp_path: Path) -> None:
+    """The configs under benchmarks/ that docs/benchmarks.md runs: valid keys, the cases they name."""
     cfg = benchmark.load_benchmark_config(Path(__file__).parents[1] / "benchmarks" / name, data_dir=tmp_path)
-    assert len(cfg.cases) == 1
+    assert len(cfg.cases) == cases
     assert set(cfg.methods) <= set(benchmark.METHODS)
     assert Path(cfg.data_dir) == tmp_path.resolve()
 
