@@ -2,11 +2,14 @@
 
 Usage: python benchmarks/cpu_speed.py [--level 9] [--repeats 2] [--data-dir DIR]
        ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python benchmarks/cpu_speed.py   # as on a CPU without AMX
+       ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/cpu_speed.py --precision fp32 --batch-sizes 1 2
+           # as on a CPU without bf16 instructions, one and two windows per network call
 
 The benchmark's Colin27 case at one noise level (its noise draw) is denoised by DIPY's default NLM
 (as the benchmark runs it, given the true sigma), by ``medidiff denoise``'s defaults, and by the
-defaults with the previous 40x48x40 windows, each ``--repeats`` times after one warm-up call of
-medidiff; the fastest of each is compared. ``ONEDNN_MAX_CPU_ISA`` limits the instructions oneDNN
+defaults with the previous 40x48x40 windows, and with each of ``--batch-sizes`` windows per network
+call, each ``--repeats`` times after one warm-up call of medidiff; the fastest of each is compared.
+``--precision`` is passed on to every medidiff run. ``ONEDNN_MAX_CPU_ISA`` limits the instructions oneDNN
 (PyTorch's CPU convolutions) uses, so an AMX machine can show roughly how the network runs without
 AMX; it does not change NLM. docs/benchmarks.md (window size) quotes the output.
 """
@@ -31,6 +34,8 @@ def main() -> None:
     parser.add_argument("--level", type=float, default=9.0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[])
     args = parser.parse_args()
     cfg = load_benchmark_config(Path(__file__).resolve().parents[1] / "configs/benchmark.yaml", data_dir=args.data_dir)
     # other cases keep their place (the noise seed depends on it) but draw no level
@@ -38,19 +43,23 @@ def main() -> None:
     sample = next(s for s in make_samples(dataclasses.replace(cfg, cases=cases)) if s.case.modality == "MR")
     den = Denoiser(model="mr", device="cpu")
     volume = Volume.from_array(sample.noisy, sample.affine, modality="MR")
-    den.denoise_volume(volume)
-    runs: dict[str, list[float]] = {"DIPY NLM (default)": [], "medidiff default": [], "medidiff, 40x48x40 windows": []}
+    precision = args.precision
+    den.denoise_volume(volume, precision=precision)
+    calls = {
+        "DIPY NLM (default)": lambda: _nlmeans(sample.noisy, sample.sigma_true, False, cfg.classical),
+        "medidiff default": lambda: den.denoise_volume(volume, precision=precision),
+        "medidiff, 40x48x40 windows": lambda: den.denoise_volume(volume, roi_size=(40, 48, 40), precision=precision),
+    }
+    for b in args.batch_sizes:
+        calls[f"medidiff, {b} windows per call"] = lambda b=b: den.denoise_volume(volume, precision=precision, batch_size=b)
+    runs: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.repeats):
-        for name, call in (
-            ("DIPY NLM (default)", lambda: _nlmeans(sample.noisy, sample.sigma_true, False, cfg.classical)),
-            ("medidiff default", lambda: den.denoise_volume(volume)),
-            ("medidiff, 40x48x40 windows", lambda: den.denoise_volume(volume, roi_size=(40, 48, 40))),
-        ):
+        for name, call in calls.items():
             t = time.perf_counter()
             call()
             runs[name].append(time.perf_counter() - t)
     nlm = min(runs["DIPY NLM (default)"])
-    print(f"Colin27 {args.level:g} %, {torch.get_num_threads()} threads, "
+    print(f"Colin27 {args.level:g} %, {torch.get_num_threads()} threads, precision {precision}, "
           f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(not set)')}")
     for name, times in runs.items():
         print(f"  {name}: {', '.join(f'{t:.2f}' for t in times)} s; fastest {min(times) / nlm:.2f}x NLM")

@@ -268,7 +268,7 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
         help="network arithmetic: auto = bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32",
     )
     p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="windows per network call (default: 1 on the CPU, 16 on a GPU)")
+                   help="windows per network call (default: on the CPU 2 in fp32, 1 in bf16; 16 on a GPU)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--no-sidecar", action="store_true", help="do not write the JSON sidecar")
     p.set_defaults(handler=_cmd_denoise)

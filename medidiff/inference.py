@@ -61,12 +61,22 @@ MAX_STEPS = 1000  # reverse-process steps: --steps of denoise and sample
 CONTENT_MARGIN = 8  # voxels of background around the signal that still go through the network
 WINDOW_EXTRA = 8  # default windows: the training patch size plus this many voxels
 WINDOW_GROWTH = 16  # ... grown by at most this many voxels when fewer, larger windows cost less
-GPU_BATCH_SIZE = 16  # windows per network call on a GPU when --batch-size is not given (1 on the CPU)
+GPU_BATCH_SIZE = 16  # windows per network call on a GPU when --batch-size is not given
+# ... and on the CPU in fp32: with one window PyTorch sends the convolutions of small inputs (the
+# coarser levels of the U-Net) to its slow im2col path instead of oneDNN, and two windows per call
+# take every one to oneDNN. In bf16 (always oneDNN) two were slower, so bf16 keeps one.
+# docs/benchmarks.md, "Two windows per call in fp32 on the CPU".
+CPU_FP32_BATCH_SIZE = 2
 
 
-def windows_per_call(batch_size: int | None, device: torch.device) -> int:
-    """Windows per network call: ``batch_size`` when given, else 1 on the CPU and ``GPU_BATCH_SIZE`` on a GPU."""
-    return batch_size or (GPU_BATCH_SIZE if device.type == "cuda" else 1)
+def windows_per_call(batch_size: int | None, device: torch.device, precision: str = "fp32") -> int:
+    """Windows per network call: ``batch_size`` when given, else ``GPU_BATCH_SIZE`` on a GPU and on the
+    CPU ``CPU_FP32_BATCH_SIZE`` in fp32, 1 in bf16."""
+    if batch_size:
+        return batch_size
+    if device.type == "cuda":
+        return GPU_BATCH_SIZE
+    return CPU_FP32_BATCH_SIZE if precision == "fp32" else 1
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,9 @@ class DenoiseOptions:
         roi_size: window size of the sliding-window inference (voxels); None: windows fitted to the
             box around the signal, close to the training patch plus 8 voxels (40 for the bundled models).
         overlap: overlap between windows, as a fraction of that base window (0.2: 8 voxels).
-        batch_size: windows per network call; None: 1 on the CPU, ``GPU_BATCH_SIZE`` on a GPU, where
-            one window at a time leaves the card waiting on kernel launches.
+        batch_size: windows per network call; None: on the CPU 2 in fp32 (one window sends some
+            fp32 convolutions to a slow path) and 1 in bf16; ``GPU_BATCH_SIZE`` on a GPU, where one
+            window at a time leaves the card waiting on kernel launches.
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 on CUDA and on CPUs with native bf16, else fp32), ``fp32`` or
             ``bf16`` for the network's arithmetic; the volume and the sampler stay in fp32.
@@ -392,7 +403,7 @@ class _WindowedDenoiser:
         # the same overlap in voxels whatever each axis' window size: overlap x the base window
         self.overlap = tuple(min(0.5, opts.overlap * b / r) for b, r in zip(base, roi, strict=True))
         self.content = torch.from_numpy(content[self.box].astype(np.float32))[None, None]
-        self.batch_size = windows_per_call(opts.batch_size, device)
+        self.batch_size = windows_per_call(opts.batch_size, device, opts.precision)
         self.windows = 0
         self.skipped = 0
 
@@ -575,7 +586,7 @@ class Denoiser:
             "roi_size": stats.pop("roi_size", None),  # None when no volume needed the network
             "box": stats.pop("box", None),
             "overlap": opts.overlap,
-            "batch_size": windows_per_call(opts.batch_size, self.device),
+            "batch_size": windows_per_call(opts.batch_size, self.device, opts.precision),
             "device": str(self.device),
             "precision": opts.precision,
             "wall_time_s": round(time.perf_counter() - started, 3),

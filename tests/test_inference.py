@@ -265,19 +265,21 @@ def test_a_sliver_of_signal_at_a_window_edge_is_denoised_not_blanked(den: Denois
 
 def test_batching_windows_gives_the_same_output_and_is_reported(den: Denoiser) -> None:
     vol = _volume(shape=(40, 44, 40))
-    one = den.denoise_volume(vol, roi_size=(24, 24, 24), precision="fp32")
-    many = den.denoise_volume(vol, roi_size=(24, 24, 24), precision="fp32", batch_size=5)
-    assert one.info["batch_size"] == 1 and many.info["batch_size"] == 5  # one at a time on the CPU by default
+    one = den.denoise_volume(vol, roi_size=(24, 24, 24), precision="fp32", batch_size=1)
+    many = den.denoise_volume(vol, roi_size=(24, 24, 24), precision="fp32")
+    assert one.info["batch_size"] == 1 and many.info["batch_size"] == 2  # two at a time in fp32 on the CPU
     assert one.info["windows"] == many.info["windows"] > 5
     np.testing.assert_allclose(many.volume.data, one.volume.data, atol=1e-5)
 
 
-def test_windows_per_call_default_to_one_on_the_cpu_and_more_on_a_gpu() -> None:
-    from medidiff.inference import GPU_BATCH_SIZE, windows_per_call
+def test_windows_per_call_default_by_device_and_precision() -> None:
+    from medidiff.inference import CPU_FP32_BATCH_SIZE, GPU_BATCH_SIZE, windows_per_call
 
-    assert windows_per_call(None, torch.device("cpu")) == 1
-    assert windows_per_call(None, torch.device("cuda")) == GPU_BATCH_SIZE > 1
-    assert windows_per_call(3, torch.device("cuda")) == windows_per_call(3, torch.device("cpu")) == 3
+    cpu = torch.device("cpu")
+    assert windows_per_call(None, cpu, "fp32") == CPU_FP32_BATCH_SIZE == 2
+    assert windows_per_call(None, cpu, "bf16") == 1
+    assert windows_per_call(None, torch.device("cuda"), "bf16") == GPU_BATCH_SIZE > 1
+    assert windows_per_call(3, torch.device("cuda")) == windows_per_call(3, cpu, "bf16") == 3
 
 
 def test_windows_are_fitted_for_the_least_work_near_the_base_size() -> None:
