@@ -51,7 +51,9 @@ def main() -> None:
         "medidiff, 40x48x40 windows": lambda: den.denoise_volume(volume, roi_size=(40, 48, 40), precision=precision),
     }
     for b in args.batch_sizes:
-        calls[f"medidiff, {b} windows per call"] = lambda b=b: den.denoise_volume(volume, precision=precision, batch_size=b)
+        calls[f"medidiff, {b} windows per call"] = lambda b=b: den.denoise_volume(
+            volume, precision=precision, batch_size=b
+        )
     runs: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.repeats):
         for name, call in calls.items():
