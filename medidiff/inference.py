@@ -498,7 +498,8 @@ class Denoiser:
         ``x`` may be a path (read with :func:`medidiff.io.read_volume`; a :class:`Volume` is returned,
         write it with :func:`medidiff.io.write_volume`), a NumPy array ``(X, Y, Z)`` or ``(X, Y, Z, T)``
         (with optional ``affine``), a nibabel image, a MONAI ``MetaTensor`` or a :class:`Volume`.
-        Options are those of :class:`DenoiseOptions`; :meth:`denoise_volume` also returns the sidecar's
+        Floating-point arrays and tensors keep their dtype; integer ones come back float32 (the
+        denoised values are not integers). Options are those of :class:`DenoiseOptions`; :meth:`denoise_volume` also returns the sidecar's
         information.
         """
         if isinstance(x, Volume):
@@ -515,7 +516,9 @@ class Denoiser:
             vol = Volume.from_metatensor(x)
             out_vol = self.denoise_volume(vol, modality=modality, **options).volume
             result = x.clone()
-            result.data = torch.as_tensor(out_vol.data.reshape(tuple(x.shape)), dtype=x.dtype)
+            # a float tensor keeps its dtype; an integer one comes back float32, never cut to integers
+            dtype = x.dtype if x.dtype.is_floating_point else torch.float32
+            result.data = torch.as_tensor(out_vol.data.reshape(tuple(x.shape)), dtype=dtype)
             return result
         if hasattr(x, "affine") and hasattr(x, "get_fdata"):
             import nibabel as nib

@@ -371,6 +371,13 @@ def test_api_returns_the_kind_it_was_given(tiny_model, tmp_path) -> None:
     out_mt = denoise(mt, model=str(tiny_model), device="cpu", modality="MR")
     assert isinstance(out_mt, MetaTensor) and out_mt.shape == mt.shape
     assert torch.equal(torch.as_tensor(out_mt.affine), torch.as_tensor(mt.affine))
+    # an integer MetaTensor comes back float32 with the fractions kept, as an integer array does
+    as_int = MetaTensor(torch.from_numpy(np.round(arr[None] * 1000).astype(np.int16)), affine=mt.affine)
+    out_int = denoise(as_int, model=str(tiny_model), device="cpu", modality="MR")
+    from_float = denoise(as_int.float(), model=str(tiny_model), device="cpu", modality="MR")
+    assert out_int.dtype == torch.float32
+    assert torch.equal(torch.as_tensor(out_int), torch.as_tensor(from_float))
+    assert float((torch.as_tensor(out_int) % 1).abs().max()) > 0
     path = write_phantom(tmp_path / "p.nii.gz")
     out_vol = denoise(str(path), model=str(tiny_model), device="cpu")
     assert isinstance(out_vol, Volume)
