@@ -4,10 +4,11 @@ Names follow inputs: ``scan.nii.gz`` -> ``OUT/scan.nii.gz``; a DICOM folder ``se
 ``OUT/series1.nii.gz``. When the input folder is a BIDS dataset (it has
 ``dataset_description.json``), outputs keep their relative paths under ``OUT`` with a
 ``desc-denoised`` entity (``sub-01_desc-denoised_T1w.nii.gz``) and ``OUT`` gets its own
-``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``). Every output is written
-atomically, so one that exists (with its uncertainty map when one is asked for) is finished: a rerun
-skips it unless ``force``, so an interrupted batch continues where it stopped, with or without
-sidecars. A failing input is reported and skipped; the others are still processed.
+``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``). Every file is written
+atomically and a scan's output after its uncertainty map and sidecar (which are removed again when
+the output is not written), so an output that exists is finished: a rerun skips it unless ``force``,
+so an interrupted batch continues where it stopped, with or without sidecars. A failing input is
+reported and skipped; the others are still processed.
 """
 
 from __future__ import annotations
@@ -48,6 +49,32 @@ def strip_suffix(name: str) -> str:
 
 def sidecar_path(output: Path) -> Path:
     return output.with_name(strip_suffix(output.name) + ".json")
+
+
+def leftovers_of_unfinished_job(job: Job) -> set[Path]:
+    """Files an earlier, unfinished run of ``job`` left beside its missing output: ours to replace.
+
+    A job writes its uncertainty map, then its sidecar, then its output, and removes the first two
+    when it is interrupted before the output; a run killed outright (no chance to clean up) can
+    leave them. They are recognized by the sidecar: a JSON object written by medidiff for this
+    output's name, which also names the uncertainty map. Nothing is ours while the output exists,
+    and a JSON file of that name that medidiff did not write (a BIDS sidecar) never is.
+    """
+    sidecar = sidecar_path(job.output)
+    if job.output.exists() or not sidecar.is_file() or sidecar.stat().st_size > 1_000_000:
+        return set()
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return set()
+    if not isinstance(info, dict) or "medidiff_version" not in info:
+        return set()
+    if Path(str(info.get("output", ""))).name != job.output.name:
+        return set()
+    ours = {sidecar}
+    if job.uncertainty is not None and Path(str(info.get("uncertainty", ""))).name == job.uncertainty.name:
+        ours.add(job.uncertainty)
+    return ours
 
 
 def bids_denoised_name(name: str) -> str:

@@ -64,19 +64,39 @@ def run_denoise(args: argparse.Namespace) -> int:
         remove_empty_folders(created)
 
 
+def _check_job_outputs(job: Any, force: bool, sidecar: bool) -> set[Path]:
+    """Check that the job's files may be written; return the leftovers of an unfinished run of it.
+
+    Raises:
+        OutputExistsError: a file exists, is not such a leftover, and ``force`` is not given.
+    """
+    from medidiff.batch import leftovers_of_unfinished_job, sidecar_path
+    from medidiff.errors import OutputExistsError
+    from medidiff.files import check_output
+
+    if not force and job.output.exists() and job.uncertainty is not None and not job.uncertainty.exists():
+        raise OutputExistsError(
+            f"{job.output}: exists already, without the uncertainty map {job.uncertainty}; "
+            "pass --force to denoise it again"
+        )
+    ours = leftovers_of_unfinished_job(job)
+    check_output(job.output, force)
+    if job.uncertainty is not None and job.uncertainty not in ours:
+        check_output(job.uncertainty, force)
+    if sidecar and sidecar_path(job.output) not in ours:  # a JSON file we did not write (BIDS?) is kept
+        check_output(sidecar_path(job.output), force)
+    return ours
+
+
 def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_root: Path | None) -> int:
     """Denoise the planned jobs (their folders exist); the exit status of ``medidiff denoise``."""
     from medidiff.batch import Job, run_jobs, sidecar_path, write_bids_description
-    from medidiff.files import check_output, write_text_atomic
+    from medidiff.files import write_text_atomic
     from medidiff.inference import Denoiser
     from medidiff.io import read_volume, write_volume
 
     if len(jobs) == 1:
-        check_output(jobs[0].output, args.force)
-        if jobs[0].uncertainty is not None:
-            check_output(jobs[0].uncertainty, args.force)
-        if not args.no_sidecar:
-            check_output(sidecar_path(jobs[0].output), args.force)
+        _check_job_outputs(jobs[0], args.force, sidecar=not args.no_sidecar)
     elif args.series is not None:
         raise MedidiffError("--series applies to a single DICOM folder input")
     denoiser = Denoiser(model=args.model, device=args.device)
@@ -105,8 +125,7 @@ def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_
     }
 
     def work(job: Job) -> dict[str, Any]:
-        if not args.no_sidecar:  # a JSON file of that name (a BIDS sidecar?) is not ours to replace
-            check_output(sidecar_path(job.output), args.force)
+        ours = _check_job_outputs(job, args.force, sidecar=not args.no_sidecar)
         try:
             volume = read_volume(job.source, series=args.series)
         except MemoryError:
@@ -114,9 +133,6 @@ def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_
                 f"{job.source}: too large to load into the free memory; crop it or use a machine with more memory"
             ) from None
         result = denoiser.denoise_volume(volume, modality=args.modality, **run_options)
-        write_volume(result.volume, job.output, force=args.force)
-        if job.uncertainty is not None and result.uncertainty is not None:
-            write_volume(result.uncertainty, job.uncertainty, force=args.force)
         info = {
             "medidiff_version": __version__,
             "input": str(job.source),
@@ -126,8 +142,22 @@ def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_
         }
         if job.uncertainty is not None:
             info["uncertainty"] = str(job.uncertainty)
-        if not args.no_sidecar:
-            write_text_atomic(sidecar_path(job.output), json.dumps(info, indent=2) + "\n", force=args.force)
+        # the output last, so that it exists only with its uncertainty map and sidecar; if the run
+        # stops before it, those two are removed again (a rerun sees an unfinished job)
+        written: list[Path] = []
+        try:
+            if job.uncertainty is not None and result.uncertainty is not None:
+                write_volume(result.uncertainty, job.uncertainty, force=args.force or job.uncertainty in ours)
+                written.append(job.uncertainty)
+            if not args.no_sidecar:
+                sidecar = sidecar_path(job.output)
+                write_text_atomic(sidecar, json.dumps(info, indent=2) + "\n", force=args.force or sidecar in ours)
+                written.append(sidecar)
+            write_volume(result.volume, job.output, force=args.force)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         return info
 
     report = run_jobs(jobs, work, args.force)

@@ -499,8 +499,8 @@ class Denoiser:
         write it with :func:`medidiff.io.write_volume`), a NumPy array ``(X, Y, Z)`` or ``(X, Y, Z, T)``
         (with optional ``affine``), a nibabel image, a MONAI ``MetaTensor`` or a :class:`Volume`.
         Floating-point arrays and tensors keep their dtype; integer ones come back float32 (the
-        denoised values are not integers). Options are those of :class:`DenoiseOptions`; :meth:`denoise_volume` also returns the sidecar's
-        information.
+        denoised values are not integers). Options are those of :class:`DenoiseOptions`;
+        :meth:`denoise_volume` also returns the sidecar's information.
         """
         if isinstance(x, Volume):
             return self.denoise_volume(x, modality=modality, **options).volume

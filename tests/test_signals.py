@@ -8,6 +8,7 @@ interrupt the NIfTI writer halfway through a file.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -173,3 +174,120 @@ def test_sigterm_before_any_write_of_a_batch_keeps_finished_outputs(tmp_path: Pa
     assert "1 skipped" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(".nii.gz")) == [
         "s0.nii.gz", "s1.nii.gz", "s2.nii.gz"]
+
+
+def _three_scans(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        write_phantom(folder / f"s{k}.nii.gz", shape=(16, 16, 16), seed=k)
+    return folder
+
+
+@pytest.mark.parametrize("stop_at", ["out/s1.nii.gz", "spread/s1_uncertainty.nii.gz"])
+def test_a_job_stopped_while_its_files_are_written_leaves_none_of_them(
+        tmp_path: Path, capsys, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, stop_at: str):
+    """The uncertainty map and sidecar come before the output and go again if the output is not
+    written, so the rerun finishes the job without --force."""
+    import medidiff.io
+    from medidiff.denoise_cli import Terminated
+
+    folder = _three_scans(tmp_path)
+    out, spread = tmp_path / "out", tmp_path / "spread"
+    real = medidiff.io.write_volume
+
+    def stop_at_second_output(volume, path, force=False):
+        if Path(path) == tmp_path / stop_at:
+            raise Terminated()
+        return real(volume, path, force=force)
+
+    args = ["denoise", str(folder), "-o", str(out), "--model", str(tiny_model), "--flips", "2",
+            "--uncertainty", str(spread)]
+    monkeypatch.setattr(medidiff.io, "write_volume", stop_at_second_output)
+    assert main(args) == 143
+    assert sorted(p.name for p in out.iterdir()) == ["s0.json", "s0.nii.gz"]
+    assert sorted(p.name for p in spread.iterdir()) == ["s0_uncertainty.nii.gz"]
+    monkeypatch.setattr(medidiff.io, "write_volume", real)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "2 denoised, 1 skipped (done before), 0 failed" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [f"s{k}.{e}" for k in range(3) for e in ("json", "nii.gz")]
+    assert sorted(p.name for p in spread.iterdir()) == [f"s{k}_uncertainty.nii.gz" for k in range(3)]
+
+
+def _leave_killed_job(out: Path, spread: Path | None, name: str = "s1") -> None:
+    """What a run killed between writing a job's sidecar (and map) and its output leaves."""
+    info = {"medidiff_version": "0", "output": str(out / f"{name}.nii.gz")}
+    if spread is not None:
+        info["uncertainty"] = str(spread / f"{name}_uncertainty.nii.gz")
+        (spread / f"{name}_uncertainty.nii.gz").write_bytes(b"an unfinished map")
+    (out / f"{name}.json").write_text(json.dumps(info))
+
+
+def test_the_leftovers_of_a_killed_job_are_replaced_without_force(tmp_path: Path, capsys, tiny_model: Path):
+    folder = _three_scans(tmp_path)
+    out, spread = tmp_path / "out", tmp_path / "spread"
+    out.mkdir()
+    spread.mkdir()
+    _leave_killed_job(out, spread)
+    args = ["denoise", str(folder), "-o", str(out), "--model", str(tiny_model), "--flips", "2",
+            "--uncertainty", str(spread)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert json.loads((out / "s1.json").read_text())["medidiff_version"] != "0"
+    assert nib.load(spread / "s1_uncertainty.nii.gz").shape == (16, 16, 16)
+    # one scan: the same
+    single = tmp_path / "single"
+    single.mkdir()
+    _leave_killed_job(single, None, "one")
+    assert main(["denoise", str(folder / "s0.nii.gz"), "-o", str(single / "one.nii.gz"),
+                 "--model", str(tiny_model)]) == 0
+    assert (single / "one.nii.gz").is_file()
+
+
+def test_a_deleted_output_is_denoised_again_beside_its_old_sidecar(tmp_path: Path, capsys, tiny_model: Path):
+    folder = _three_scans(tmp_path)
+    out = tmp_path / "out"
+    args = ["denoise", str(folder), "-o", str(out), "--model", str(tiny_model)]
+    assert main(args) == 0
+    (out / "s1.nii.gz").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "1 denoised, 2 skipped" in capsys.readouterr().out
+    assert (out / "s1.nii.gz").is_file()
+
+
+def test_json_files_medidiff_did_not_write_for_this_output_are_kept(tmp_path: Path, capsys, tiny_model: Path):
+    folder = _three_scans(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = {
+        "s0.json": '{"RepetitionTime": 2.0}',  # a BIDS sidecar
+        "s1.json": json.dumps({"medidiff_version": "0", "output": "elsewhere/other.nii.gz"}),
+        "s2.json": "not json",
+    }
+    for name, text in foreign.items():
+        (out / name).write_text(text)
+    rc = main(["denoise", str(folder), "-o", str(out), "--model", str(tiny_model)])
+    assert rc == 2
+    assert "0 denoised, 0 skipped (done before), 3 failed" in capsys.readouterr().out
+    assert {p.name: p.read_text() for p in out.iterdir()} == foreign
+
+
+def test_an_output_without_its_uncertainty_map_fails_at_once(tmp_path: Path, capsys, tiny_model: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    import medidiff.inference
+
+    folder = _three_scans(tmp_path)
+    out = tmp_path / "out"
+    assert main(["denoise", str(folder), "-o", str(out), "--model", str(tiny_model)]) == 0
+
+    def never(*args, **kwargs):
+        raise AssertionError("denoised although the output exists")
+
+    monkeypatch.setattr(medidiff.inference.Denoiser, "denoise_volume", never)
+    capsys.readouterr()
+    rc = main(["denoise", str(folder), "-o", str(out), "--model", str(tiny_model), "--flips", "2",
+               "--uncertainty", str(tmp_path / "spread")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("without the uncertainty map") == 3 and "--force" in err
