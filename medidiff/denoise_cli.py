@@ -100,6 +100,8 @@ def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_
     elif args.series is not None:
         raise MedidiffError("--series applies to a single DICOM folder input")
     denoiser = Denoiser(model=args.model, device=args.device)
+    if args.model is not None and len(jobs) > 1:  # a model given serves every scan: a bad one fails once
+        denoiser.load("MR")
     # steps, sampler, guided radius, blend, network sigma scale and detail floor as given: their
     # defaults depend on each scan's modality
     by_modality = ("steps", "sampler", "guided_radius", "blend", "network_sigma_scale", "detail_floor")

@@ -700,3 +700,19 @@ def test_help_gives_defaults_without_a_meaningless_none(capsys):
     assert "(default: None)" not in text
     assert "(default: MR 1.1, CT 1)" in text  # the help of a modality-dependent default says it
     assert "(default: 0.2)" in text  # a plain default is still shown
+
+
+def test_a_missing_model_is_one_error_for_a_batch_and_not_blamed_on_the_scan(tmp_path: Path, capsys,
+                                                                              noisy_scan: Path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        write_phantom(folder / f"s{k}.nii.gz", shape=(16, 16, 16), seed=k)
+    out = tmp_path / "out"
+    rc, stdout, err = call(capsys, "denoise", folder, "-o", out, "--model", "nope")
+    assert_short_error(rc, err)
+    assert err.startswith("medidiff: error: nope: model not found") and "FAILED" not in stdout + err
+    assert not out.exists()
+    rc, _, err = call(capsys, "denoise", noisy_scan, "-o", tmp_path / "one.nii.gz", "--model", "nope")
+    assert_short_error(rc, err)
+    assert err.startswith("medidiff: error: nope: model not found") and str(noisy_scan) not in err
