@@ -562,8 +562,13 @@ class Denoiser:
         outputs, spreads, sigmas, notes = [], [], [], []
         stats: dict[str, Any] = {"windows": 0, "skipped_windows": 0}
         for c in range(volume.n_volumes):
-            mean, spread, sigma, note = self._denoise_3d(volume.data[c], modality, loaded, opts, stats,
-                                                         volume.meta.spacing)
+            try:
+                mean, spread, sigma, note = self._denoise_3d(volume.data[c], modality, loaded, opts, stats,
+                                                             volume.meta.spacing)
+            except MedidiffError as exc:
+                if volume.n_volumes > 1:  # say which volume of a 4D series is at fault
+                    exc.args = (f"volume {c} of {volume.n_volumes} (counted from 0): {exc}",)
+                raise
             outputs.append(mean)
             spreads.append(spread)
             sigmas.append(sigma)
@@ -625,9 +630,9 @@ class Denoiser:
             # magnitude images are never negative: clipping a z-scored or mean-centred scan at 0 would
             # flatten it, so refuse (a few negatives, from interpolation ringing, are clipped)
             raise MedidiffError(
-                f"{negative:.0%} of this MR volume's voxels are negative, which a magnitude image cannot be "
-                "(normalized or mean-centred?); denoise the scan before normalizing it, or pass --modality CT "
-                "if it is CT in HU"
+                f"{negative:.1%} of this MR volume's voxels are negative (more than 5 %), which a magnitude "
+                "image cannot be (normalized or mean-centred?); denoise the scan before normalizing it, "
+                "or pass --modality CT if it is CT in HU"
             )
         norm = fit_normalization(filled, modality)  # type: ignore[arg-type]
         sigma_units = opts.sigma if opts.sigma is not None else estimate_sigma(filled, modality)  # type: ignore[arg-type]

@@ -483,6 +483,9 @@ def test_tiny_volume_smaller_than_the_window_is_denoised_not_blanked(tmp_path: P
         ("thin", np.random.default_rng(0).random((24, 5, 24)).astype(np.float32), "3D"),
         ("negative", -1.0 - np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), "magnitude"),
         ("zscored", np.random.default_rng(0).standard_normal((16, 16, 16)).astype(np.float32), "negative"),
+        ("nan_volume_4d", np.stack([np.ones((16, 16, 16), np.float32) * (1 + np.arange(16)[:, None, None]),
+                                    np.full((16, 16, 16), np.nan, np.float32)], axis=-1),
+         "volume 1 of 2 (counted from 0): the volume holds no finite value"),
     ],
 )
 def test_volumes_that_cannot_be_denoised_are_refused(tmp_path: Path, capsys, tiny_model: Path, name: str,
