@@ -71,6 +71,8 @@ def read_volume(path: str | os.PathLike[str], series: str | int | None = None) -
     src = Path(path)
     if not src.exists():
         raise InputError(f"{src}: no such file or folder; check the path")
+    if src.is_file() and src.stat().st_size == 0:
+        raise InputError(f"{src}: the file is empty (0 bytes); check that it was copied or written completely")
     kind = scan_format(src)
     if series is not None and kind != "dicom":
         raise InputError(f"{src}: --series only applies to DICOM folders; drop it for {kind} files")

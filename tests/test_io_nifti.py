@@ -327,3 +327,10 @@ def test_reference_ct_round_trip_is_exact(tmp_path):
         pytest.skip(f"reference scan {path} is not available (see shared/data/README.md)")
     out = write_volume(read_volume(path), tmp_path / "cta.nii.gz")
     assert _stored(path) == _stored(out)
+
+
+@pytest.mark.parametrize("name", ["e.nii", "e.nii.gz", "e.nrrd", "e.mha", "e.mhd", "e.nhdr", "e.dcm"])
+def test_an_empty_file_of_any_format_is_called_empty(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    _one_line_error(path, "the file is empty")
