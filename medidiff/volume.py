@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from medidiff.errors import InputError
+
 Modality = Literal["MR", "CT"]
 
 
@@ -65,7 +67,7 @@ class Volume:
 
     def __post_init__(self) -> None:
         if self.data.ndim != 4:
-            raise ValueError(f"Volume data must be (C, X, Y, Z), got shape {self.data.shape}")
+            raise InputError(f"Volume data must be (C, X, Y, Z), got shape {self.data.shape}")
         if self.data.dtype != np.float32:
             object.__setattr__(self, "data", self.data.astype(np.float32))
 
@@ -96,10 +98,13 @@ class Volume:
         elif array.ndim == 4:
             data = np.moveaxis(array, -1, 0)
         else:
-            raise ValueError(f"expected a 3D or 4D array, got {array.ndim} dimensions {array.shape}")
+            raise InputError(
+                f"expected a 3D (X, Y, Z) or 4D (X, Y, Z, T) array, got {array.ndim} dimensions {array.shape}; "
+                "medidiff denoises 3D volumes and 4D series"
+            )
         aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
         if aff.shape != (4, 4):
-            raise ValueError(f"affine must be 4x4, got {aff.shape}")
+            raise InputError(f"affine must be 4x4, got shape {aff.shape}")
         meta = VolumeMeta(affine=aff, original_dtype=str(array.dtype), modality=modality)
         return cls(np.ascontiguousarray(data, dtype=np.float32), meta)
 
@@ -124,6 +129,11 @@ class Volume:
         data = tensor.detach().cpu().numpy().astype(np.float32)
         if data.ndim == 3:
             data = data[None]
+        if data.ndim != 4:
+            raise InputError(
+                f"expected a (C, X, Y, Z) or (X, Y, Z) tensor, got shape {tuple(data.shape)}; "
+                "give one volume at a time (a batch axis is not supported)"
+            )
         if like is not None:
             return like.with_data(data)
         meta = tensor.meta.get("medidiff_meta") if hasattr(tensor, "meta") else None

@@ -416,3 +416,14 @@ def test_load_keeps_the_model_for_the_calls_after_it(tiny_model) -> None:
 def test_missing_model_is_a_model_error(tmp_path) -> None:
     with pytest.raises(ModelError, match="not found"):
         Denoiser(model=str(tmp_path / "nope.safetensors"), device="cpu").denoise_volume(_volume())
+
+
+def test_api_inputs_of_the_wrong_shape_are_medidiff_errors(tiny_model) -> None:
+    from monai.data import MetaTensor
+
+    with pytest.raises(MedidiffError, match="3D"):
+        denoise(np.ones((8, 8), np.float32), model=str(tiny_model), device="cpu")
+    with pytest.raises(MedidiffError, match="affine must be 4x4"):
+        denoise(np.ones((8, 8, 8), np.float32), affine=np.eye(3), model=str(tiny_model), device="cpu")
+    with pytest.raises(MedidiffError, match="batch axis"):
+        denoise(MetaTensor(torch.ones(2, 1, 8, 8, 8)), model=str(tiny_model), device="cpu")
