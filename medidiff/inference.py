@@ -527,7 +527,8 @@ class Denoiser:
             out = self.denoise_volume(vol, modality=modality, **options).volume.to_array()
             header = x.header.copy()
             header.set_data_dtype(np.float32)
-            return nib.Nifti1Image(out, x.affine, header)
+            kind = type(x) if isinstance(x, nib.spatialimages.SpatialImage) else nib.Nifti1Image
+            return kind(out, x.affine, header)  # the image class it was given (NIfTI-2 stays NIfTI-2)
         raise MedidiffError(
             f"cannot denoise an object of type {type(x).__name__}; give a path, a NumPy array, a nibabel image, "
             "a MONAI MetaTensor or a medidiff Volume"
@@ -538,8 +539,10 @@ class Denoiser:
         from medidiff.io import guess_modality
 
         opts = DenoiseOptions(**{k: v for k, v in options.items() if v is not None or k == "sigma"})
+        if isinstance(modality, str):
+            modality = modality.upper()
         if modality is not None and modality not in ("MR", "CT"):
-            raise MedidiffError(f"--modality must be MR or CT, got {modality!r}")
+            raise MedidiffError(f"modality (--modality) must be MR or CT, got {modality!r}")
         modality = modality or volume.meta.modality or guess_modality(volume)
         opts = dataclasses.replace(opts, device="cuda" if self.device.type == "cuda" else "cpu").resolved(modality)
         opts = dataclasses.replace(opts, precision=resolve_precision(opts.precision, self.device))

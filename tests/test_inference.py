@@ -427,3 +427,16 @@ def test_api_inputs_of_the_wrong_shape_are_medidiff_errors(tiny_model) -> None:
         denoise(np.ones((8, 8, 8), np.float32), affine=np.eye(3), model=str(tiny_model), device="cpu")
     with pytest.raises(MedidiffError, match="batch axis"):
         denoise(MetaTensor(torch.ones(2, 1, 8, 8, 8)), model=str(tiny_model), device="cpu")
+
+
+def test_api_keeps_the_nibabel_image_class_and_takes_the_modality_in_any_case(tiny_model) -> None:
+    import nibabel as nib
+
+    arr = _volume().to_array()
+    img2 = nib.Nifti2Image(arr, np.diag([2.0, 2.0, 2.0, 1.0]))
+    out = denoise(img2, model=str(tiny_model), device="cpu", modality="mr")
+    assert type(out) is nib.Nifti2Image and np.array_equal(out.affine, img2.affine)
+    upper = denoise(img2, model=str(tiny_model), device="cpu", modality="MR")
+    assert np.array_equal(np.asarray(out.dataobj), np.asarray(upper.dataobj))
+    with pytest.raises(MedidiffError, match="MR or CT"):
+        denoise(arr, model=str(tiny_model), device="cpu", modality="PET")
