@@ -283,6 +283,8 @@ def _nifti_header_class(path: Path, gz: bool) -> Any:
         return nib.Nifti1Header
     if size == 540:
         return nib.Nifti2Header
+    if not gz and start[:2] == b"\x1f\x8b":
+        raise InputError(f"{path}: gzip-compressed although named .nii; rename it to .nii.gz")
     empty = " (the file is empty)" if not start else ""
     raise InputError(f"{path}: not a NIfTI file{empty} (no NIfTI-1/2 header); check the file or its "
                      "extension")

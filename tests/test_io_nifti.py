@@ -334,3 +334,10 @@ def test_an_empty_file_of_any_format_is_called_empty(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"")
     _one_line_error(path, "the file is empty")
+
+
+def test_a_compressed_nifti_named_nii_gets_the_rename_hint(tmp_path):
+    src = _save(tmp_path / "a.nii.gz", np.zeros((10, 10, 10), np.float32), np.eye(4))
+    wrong = tmp_path / "b.nii"
+    wrong.write_bytes(src.read_bytes())
+    _one_line_error(wrong, "rename it to .nii.gz")
