@@ -44,7 +44,8 @@ def sample_prior(
     if any(s % factor for s in shape):
         raise MedidiffError(f"--shape {list(shape)} must be divisible by {factor} for this model")
     # the whole volume goes through the network at once: a few full-resolution feature maps
-    check_memory(shape, copies=8 + 4 * cfg.model.channels[0])
+    check_memory(shape, copies=8 + 4 * cfg.model.channels[0],
+                 remedy="ask for a smaller --shape or run on a machine with more memory")
     den = loaded.denoiser.to(dev)
     schedule = KarrasSchedule(cfg.schedule.sigma_min, cfg.schedule.sigma_max, cfg.schedule.rho)
     sigmas = schedule.sigmas(steps, device=dev)

@@ -249,7 +249,9 @@ def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "
     return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
 
 
-def check_memory(shape: tuple[int, ...], copies: int = 8) -> None:
+def check_memory(
+    shape: tuple[int, ...], copies: int = 8, remedy: str = "crop the scan or run on a machine with more memory"
+) -> None:
     """Refuse before starting when ``copies`` float32 volumes of ``shape`` cannot fit in free RAM."""
     need = int(np.prod(shape)) * 4 * copies
     try:
@@ -259,7 +261,7 @@ def check_memory(shape: tuple[int, ...], copies: int = 8) -> None:
     if need > free:
         raise MedidiffError(
             f"volume {shape} needs about {need / 2**30:.1f} GiB of memory but {free / 2**30:.1f} GiB is free; "
-            "crop the scan or run on a machine with more memory"
+            f"{remedy}"
         )
 
 
