@@ -236,7 +236,8 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=_positive_float, default=None,
                    help="noise std in the scan's units (HU for CT); default: estimated")
     p.add_argument("--strength", type=_nonneg_float, default=0.0,
-                   help="re-noise to sigma*(1+S) before the reverse process (SDEdit): more smoothing")
+                   help="re-noise to (1+S) x the level the network is told before the reverse process "
+                        "(SDEdit): more smoothing")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="reverse-process steps; 1 is the single-step estimate (default: MR 1, CT 3, ancestral 4)")
     p.add_argument("--sampler", choices=["euler", "heun", "ancestral"], default=None,
