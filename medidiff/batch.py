@@ -72,7 +72,9 @@ def leftovers_of_unfinished_job(job: Job) -> set[Path]:
     if Path(str(info.get("output", ""))).name != job.output.name:
         return set()
     ours = {sidecar}
-    if job.uncertainty is not None and Path(str(info.get("uncertainty", ""))).name == job.uncertainty.name:
+    named = info.get("uncertainty")
+    # the map only where the sidecar names this very file (a relative name is taken from here)
+    if job.uncertainty is not None and isinstance(named, str) and Path(named).resolve() == job.uncertainty.resolve():
         ours.add(job.uncertainty)
     return ours
 

@@ -291,3 +291,16 @@ def test_an_output_without_its_uncertainty_map_fails_at_once(tmp_path: Path, cap
     assert rc == 2
     err = capsys.readouterr().err
     assert err.count("without the uncertainty map") == 3 and "--force" in err
+
+
+def test_a_map_the_leftover_sidecar_does_not_name_is_kept(tmp_path: Path, capsys, tiny_model: Path):
+    folder = _three_scans(tmp_path)
+    out, spread, elsewhere = tmp_path / "out", tmp_path / "spread", tmp_path / "elsewhere"
+    for d in (out, spread, elsewhere):
+        d.mkdir()
+    _leave_killed_job(out, elsewhere)  # the sidecar names elsewhere/s1_uncertainty.nii.gz
+    (spread / "s1_uncertainty.nii.gz").write_bytes(b"someone else's file")
+    rc = main(["denoise", str(folder), "-o", str(out), "--model", str(tiny_model), "--flips", "2",
+               "--uncertainty", str(spread)])
+    assert rc == 2 and "1 failed" in capsys.readouterr().out
+    assert (spread / "s1_uncertainty.nii.gz").read_bytes() == b"someone else's file"
