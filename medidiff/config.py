@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import reprlib
 import types
 import typing
@@ -283,6 +284,21 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f'noise.ct_ramp sets the CT noise texture and needs noise.kind "ct", not "{cfg.noise.kind}"')
     if cfg.train.save_every < 1 or cfg.train.log_every < 1:
         raise ConfigError("train.save_every and train.log_every must be at least 1")
+    counts = {
+        "data.num_workers": (cfg.data.num_workers, 0), "data.val_patches": (cfg.data.val_patches, 1),
+        "data.synthetic_phantoms": (cfg.data.synthetic_phantoms, 0), "train.val_every": (cfg.train.val_every, 0),
+        "train.keep_checkpoints": (cfg.train.keep_checkpoints, 1),
+        "train.lr_warmup_steps": (cfg.train.lr_warmup_steps, 0),
+    }
+    for key, (value, least) in counts.items():
+        if value < least:
+            raise ConfigError(f"{key} must be at least {least}, got {value}")
+    if not 0.0 <= cfg.data.foreground_fraction <= 1.0:
+        raise ConfigError(
+            f"data.foreground_fraction must lie in [0, 1] (a share of patches), got {cfg.data.foreground_fraction}"
+        )
+    if not (0.0 <= cfg.train.grad_clip < math.inf and 0.0 <= cfg.train.weight_decay < math.inf):
+        raise ConfigError("train.grad_clip (0: off) and train.weight_decay must be numbers of at least 0")
     try:
         from medidiff.schedule import KarrasSchedule
 
@@ -303,8 +319,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not keys:
         raise ConfigError(f"--set {_shown(text)}: the key is empty")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
-    except (yaml.YAMLError, RecursionError):
+        value = safe_load_strict(value_text) if value_text.strip() else ""
+    except (yaml.YAMLError, RecursionError, DuplicateKeyError):
         value = value_text
     return keys, value
 
@@ -382,6 +398,17 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# booleans are true and false only (YAML 1.2): YAML 1.1's yes/no/on/off stay text, so a mistyped
+# value is refused by the type check instead of read as a boolean
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def safe_load_strict(text: str) -> Any:
     """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key given twice in a mapping."""
     loader = _StrictLoader(text)
@@ -402,6 +429,12 @@ def _read_mapping(p: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = str(getattr(exc, "problem", "") or "")
+        if isinstance(exc, yaml.constructor.ConstructorError) and "constructor for the tag" in problem:
+            tag = problem.split("tag", 1)[1].strip().strip("'").replace("tag:yaml.org,2002:", "!!")
+            raise ConfigError(
+                f"{p}: the YAML tag {tag}{line} is not allowed; a config holds plain data (no tags)"
+            ) from None
         raise ConfigError(f"{p}: not valid YAML{line}; check the indentation and colons") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a text file; give a YAML config") from None

@@ -76,12 +76,19 @@ def _datalist(path: Path, split: Literal["training", "validation"]) -> list[Item
     entries = doc.get(split) if isinstance(doc, dict) else None
     if entries is None:
         raise ConfigError(f'{path}: no "{split}" list in the datalist JSON')
+    if not isinstance(entries, list):
+        raise ConfigError(
+            f'{path}: "{split}" must be a list of file names or of {{"image": ..., "target": ...}} entries, '
+            f"got {type(entries).__name__}"
+        )
     items = []
     for n, entry in enumerate(entries):
         if isinstance(entry, str):
             entry = {"image": entry}
         if not isinstance(entry, dict) or "image" not in entry:
             raise ConfigError(f'{path}: entry {n} of "{split}" has no "image"')
+        if not isinstance(entry["image"], str) or not isinstance(entry.get("target") or "", str):
+            raise ConfigError(f'{path}: entry {n} of "{split}": "image" and "target" must be file names (text)')
         image = str((path.parent / entry["image"]).resolve())
         target = entry.get("target")
         items.append(Item(image, str((path.parent / target).resolve()) if target else None))
@@ -111,7 +118,8 @@ def discover(spec: str | list[str], split: Literal["training", "validation"] = "
             mp = Path(m)
             out.extend(scan_folder(mp) if mp.is_dir() else [Item(m)] if _is_scan_file(mp) else [])
         return out
-    raise ConfigError(f"{spec}: no such file or folder for training data")
+    key = "data.train" if split == "training" else "data.val"
+    raise ConfigError(f"{spec}: no such file or folder ({key}); check the path")
 
 
 # ---------------------------------------------------------------- loading and patches
@@ -162,6 +170,7 @@ class PatchDataset(torch.utils.data.Dataset):
         phantoms: int = 0,
         target_cleanup: Literal["none", "nlm", "nlm-blockwise", "recorrupt"] = "none",
         mask_fraction: float = 0.0,
+        source: str = "data.train",
     ) -> None:
         from medidiff.transforms import training_transforms
 
@@ -196,12 +205,16 @@ class PatchDataset(torch.utils.data.Dataset):
                 continue
             for entry in loaded:
                 self._check_size(entry, patch_size)
+                if modality == "MR":
+                    self._check_magnitude(entry)
                 self.volumes.append(deterministic(entry))
         if phantoms and not paired:
             plain, _ = training_transforms(modality, patch_size, foreground_fraction, paired)
             self.volumes.extend(self._phantoms(phantoms, modality, patch_size, plain))
         if not self.volumes:
-            raise ConfigError("the training set is empty: data.train found no readable scan")
+            raise ConfigError(
+                f"{source} found no readable scan (NIfTI, NRRD, MHA or DICOM); check the folder, glob or list it gives"
+            )
 
     @classmethod
     def from_config(cls, cfg: Any, split: Literal["training", "validation"]) -> PatchDataset:
@@ -220,15 +233,29 @@ class PatchDataset(torch.utils.data.Dataset):
             cfg.data.synthetic_phantoms if training else 0,
             cfg.data.target_cleanup,
             cfg.data.mask_fraction if training else 0.0,
+            source=f"data.train ({cfg.data.train})" if training else f"data.val ({cfg.data.val})",
         )
 
     @staticmethod
     def _check_size(entry: dict[str, Any], patch_size: list[int]) -> None:
         shape = tuple(entry["image"].shape[1:])
         if any(s < p for s, p in zip(shape, patch_size, strict=True)):
+            fix = (
+                "training takes 3D volumes: remove it from the training data"
+                if min(shape) < 8 else "lower data.patch_size (at least 8) or leave this scan out"
+            )
+            raise ConfigError(f"{entry['name']}: volume {shape} is smaller than data.patch_size {patch_size}; {fix}")
+
+    @staticmethod
+    def _check_magnitude(entry: dict[str, Any]) -> None:
+        """An MR training scan must be a magnitude image; CT in HU (or normalized data) is refused."""
+        image = np.asarray(entry["image"])
+        finite = image[np.isfinite(image)]
+        negative = np.count_nonzero(finite < 0) / max(finite.size, 1)
+        if negative > 0.05:  # the rule medidiff denoise applies to MR
             raise ConfigError(
-                f"{entry['name']}: volume {shape} is smaller than data.patch_size {patch_size}; "
-                "lower data.patch_size"
+                f"{entry['name']}: {negative:.1%} of its voxels are negative, which an MR magnitude image "
+                "cannot be (CT in HU? set data.modality: CT, or train MR and CT models separately)"
             )
 
     @staticmethod

@@ -129,7 +129,9 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
-        if resume_step is not None and path.exists():
+        if resume_step is None:  # a new run (perhaps in the folder of one that stopped before a checkpoint)
+            path.write_text("", encoding="utf-8")
+        elif path.exists():
             kept = []
             for line in path.read_text(encoding="utf-8").splitlines():
                 with contextlib.suppress(json.JSONDecodeError):
@@ -163,6 +165,17 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start: leave SIGTERM and SIGINT to the main process.
+
+    A scheduler stops a job by signalling its whole process group. A worker killed by that signal
+    would make the main process fail before it could save its checkpoint; ignoring it, the worker
+    keeps serving until the main process has saved and shuts the workers down.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
@@ -249,10 +262,13 @@ def prepare_run(
         cfg = load_config(run_dir / "config.yaml", overrides)
         if cfg.model != old.model or cfg.schedule != old.schedule:
             raise ConfigError("--resume cannot change model.* or schedule.* keys; start a new run instead")
-        cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
+        cfg = dataclasses.replace(cfg, output_dir=str(run_dir.resolve()))  # config.yaml keeps it absolute
         return cfg, run_dir, True
     cfg = load_config(config_path, overrides)
-    run_dir = Path(cfg.output_dir)
+    if not cfg.output_dir.strip():
+        raise ConfigError("output_dir is empty; set it to the run folder, e.g. --set output_dir=runs/mine")
+    run_dir = Path(cfg.output_dir).resolve()
+    cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
     if (run_dir / "checkpoints").exists():
         raise ConfigError(
             f"{run_dir}: holds a run already; continue it with --resume {run_dir} or pick output_dir"
@@ -348,6 +364,7 @@ def train(
         num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.data.num_workers > 0,
+        worker_init_fn=_ignore_stop_signals if cfg.data.num_workers > 0 else None,
     )
     use_bf16 = device.type == "cuda" and cfg.train.bf16
     show = progress if progress is not None else (is_main and sys.stderr.isatty())
@@ -396,9 +413,13 @@ def train(
                 else:
                     loss = model.loss(x0, noisy, sigma)
             if not torch.isfinite(loss):
+                again = (
+                    "and resume from an earlier checkpoint, or start again" if latest_checkpoint(run_dir) is not None
+                    else "and start again (there is no checkpoint yet)"
+                )
                 raise ConfigError(  # a setting (most often the learning rate), not a bug: exit 2
                     f"training diverged: the loss became {float(loss.detach())} at step {step + 1}; lower train.lr "
-                    "and resume from an earlier checkpoint, or start again"
+                    + again
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -61,9 +61,38 @@ def test_overrides_parse_values_as_data_not_code(tmp_path: Path) -> None:
 def test_yaml_tags_cannot_build_objects(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("output_dir: !!python/object/apply:os.system ['touch pwned']\n")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"tag !!python/object/apply:os.system at line 1 is not allowed"):
         load_config(path)
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "Yes"])
+def test_booleans_are_true_or_false_only(tmp_path: Path, word: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  bf16: {word}\n")
+    with pytest.raises(ConfigError, match="expected true or false"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="expected true or false"):
+        load_config(None, [f"train.bf16={word}"])
+    assert load_config(None, ["train.bf16=false"]).train.bf16 is False
+    assert load_config(None, ["data.train=yes"]).data.train.endswith("yes")  # text stays text
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data.num_workers=-1", "data.num_workers"),
+        ("data.val_patches=0", "data.val_patches"),
+        ("train.val_every=-1", "train.val_every"),
+        ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+        ("data.foreground_fraction=2", "data.foreground_fraction"),
+        ("train.grad_clip=-1", "train.grad_clip"),
+        ("data.synthetic_phantoms=-2", "data.synthetic_phantoms"),
+    ],
+)
+def test_counts_and_fractions_out_of_range_are_config_errors(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [override])
 
 
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:

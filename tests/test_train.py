@@ -189,18 +189,26 @@ def test_pairs_with_different_geometry_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_that_resumes(phantom_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_saves_a_checkpoint_that_resumes(phantom_dir: Path, tmp_path: Path, workers: int) -> None:
+    """SIGTERM to the process (``kill PID``) and, with data-loading workers, to its whole process
+    group (how a cluster scheduler stops a job): the workers leave the signal to the main process."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "medidiff", "train", "--config", str(TINY_CONFIG),
            *[a for o in _overrides(phantom_dir, run, 100000) for a in ("--set", o)],
-           "--set", "train.save_every=100000", "--set", "train.val_every=0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           "--set", "train.save_every=100000", "--set", "train.val_every=0",
+           "--set", f"data.num_workers={workers}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         if (run / "metrics.jsonl").exists() and len(_records(run)) >= 3:
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    if workers:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "--resume" in err and "Traceback" not in err
@@ -354,3 +362,89 @@ def test_guided_loss_trains_and_is_checked(phantom_dir: Path, tmp_path: Path) ->
     with pytest.raises(ConfigError, match="at least 16"):
         load_config(str(TINY_CONFIG), ["train.guided_loss_weight=1", "data.patch_size=[8,8,8]",
                                        "model.channels=[8,8]", "model.attention_levels=[false,false]"])
+
+
+def test_config_yaml_keeps_an_absolute_output_dir_after_a_relative_resume(
+        phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    run = tmp_path / "runs" / "r"
+    train(str(TINY_CONFIG), [*_overrides(phantom_dir, run, 2), "data.val="], progress=False)
+    monkeypatch.chdir(tmp_path)
+    train(None, ["train.max_steps=3"], resume="runs/r", progress=False)
+    saved = yaml.safe_load((run / "config.yaml").read_text())["output_dir"]
+    assert saved == str(run.resolve())
+    with pytest.raises(ConfigError, match="--resume"):  # the saved config still names the run itself
+        train(str(run / "config.yaml"), ["train.max_steps=5"], progress=False)
+
+
+def test_a_default_output_dir_is_saved_absolute_and_an_empty_one_is_refused(
+        phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    train(None, [f"data.train={phantom_dir}", "train.max_steps=1", "data.patch_size=[16,16,16]",
+                 "model.channels=[8,16]", "model.attention_levels=[false,false]"], progress=False)
+    saved = yaml.safe_load((tmp_path / "runs" / "default" / "config.yaml").read_text())["output_dir"]
+    assert saved == str((tmp_path / "runs" / "default").resolve())
+    with pytest.raises(ConfigError, match="output_dir is empty"):
+        train(str(TINY_CONFIG), [f"data.train={phantom_dir}", "output_dir="], progress=False)
+
+
+def test_starting_again_after_divergence_starts_a_fresh_log(phantom_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="start again \\(there is no checkpoint yet\\)"):
+        train(str(TINY_CONFIG), [*_overrides(phantom_dir, run, 20), "train.lr=1e30", "train.lr_warmup_steps=0",
+                                 "train.log_every=1", "train.grad_clip=0"], progress=False)
+    train(str(TINY_CONFIG), [*_overrides(phantom_dir, run, 3), "train.log_every=1"], progress=False)
+    assert [r["step"] for r in _records(run)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"training": 5}, "must be a list"),
+        ({"training": "abc"}, "must be a list"),
+        ({"training": [{"image": 5}]}, "must be file names"),
+    ],
+)
+def test_a_malformed_datalist_is_a_config_error(tmp_path: Path, doc: dict, message: str) -> None:
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=message):
+        train(str(TINY_CONFIG), [f"data.train={datalist}", "data.val=", f"output_dir={tmp_path / 'run'}"],
+              progress=False)
+
+
+def test_empty_or_missing_validation_data_names_data_val(phantom_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = [f"data.train={phantom_dir}", f"output_dir={tmp_path / 'run'}", "train.val_every=1"]
+    with pytest.raises(ConfigError, match=r"data\.val \(.*empty\) found no readable scan"):
+        train(str(TINY_CONFIG), [*base, f"data.val={empty}"], progress=False)
+    with pytest.raises(ConfigError, match=r"no such file or folder \(data\.val\)"):
+        train(str(TINY_CONFIG), [*base, f"data.val={tmp_path / 'nothing.nii.gz'}"], progress=False)
+
+
+def test_a_2d_training_image_is_named_with_the_right_fix(phantom_dir: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    data = tmp_path / "with2d"
+    data.mkdir()
+    write_phantom(data / "good.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((36, 36, 1), np.float32), np.eye(4)), str(data / "flat.nii.gz"))
+    with pytest.raises(ConfigError, match="flat.nii.gz.*training takes 3D volumes"):
+        train(str(TINY_CONFIG), _overrides(data, tmp_path / "run", 2), progress=False)
+
+
+def test_an_mr_run_refuses_a_scan_in_hounsfield_units(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    data = tmp_path / "mixed"
+    data.mkdir()
+    write_phantom(data / "mr.nii.gz")
+    ct = np.full((32, 32, 32), -1000, np.int16)
+    ct[8:24, 8:24, 8:24] = 40
+    nib.save(nib.Nifti1Image(ct, np.eye(4)), str(data / "ct.nii.gz"))
+    with pytest.raises(ConfigError, match="ct.nii.gz.*negative.*data.modality: CT"):
+        train(str(TINY_CONFIG), [*_overrides(data, tmp_path / "run", 2), "data.val="], progress=False)
