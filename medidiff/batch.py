@@ -5,8 +5,8 @@ Names follow inputs: ``scan.nii.gz`` -> ``OUT/scan.nii.gz``; a DICOM folder ``se
 ``dataset_description.json``), outputs keep their relative paths under ``OUT`` with a
 ``desc-denoised`` entity (``sub-01_desc-denoised_T1w.nii.gz``) and ``OUT`` gets its own
 ``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``). Every file is written
-atomically and a scan's output after its uncertainty map and sidecar (which are removed again when
-the output is not written), so an output that exists is finished: a rerun skips it unless ``force``,
+to a temporary name and a scan's map, sidecar and output are renamed together, the output last, so
+an output that exists is finished: a rerun skips it unless ``force``,
 so an interrupted batch continues where it stopped, with or without sidecars. A failing input is
 reported and skipped; the others are still processed.
 """
@@ -54,9 +54,9 @@ def sidecar_path(output: Path) -> Path:
 def leftovers_of_unfinished_job(job: Job) -> set[Path]:
     """Files an earlier, unfinished run of ``job`` left beside its missing output: ours to replace.
 
-    A job writes its uncertainty map, then its sidecar, then its output, and removes the first two
-    when it is interrupted before the output; a run killed outright (no chance to clean up) can
-    leave them. They are recognized by the sidecar: a JSON object written by medidiff for this
+    A job writes its uncertainty map, sidecar and output to temporary files and renames them together,
+    the output last; a run killed outright in the instant between those renames, or an output deleted
+    afterwards, can leave the first two. They are recognized by the sidecar: a JSON object written by medidiff for this
     output's name, which also names the uncertainty map. Nothing is ours while the output exists,
     and a JSON file of that name that medidiff did not write (a BIDS sidecar) never is.
     """
@@ -73,8 +73,9 @@ def leftovers_of_unfinished_job(job: Job) -> set[Path]:
         return set()
     ours = {sidecar}
     named = info.get("uncertainty")
-    # the map only where the sidecar names this very file (a relative name is taken from here)
-    if job.uncertainty is not None and isinstance(named, str) and Path(named).resolve() == job.uncertainty.resolve():
+    # the map only where the sidecar names this very file by its absolute path, as medidiff writes it
+    if (job.uncertainty is not None and isinstance(named, str) and Path(named).is_absolute()
+            and Path(named) == job.uncertainty.resolve()):
         ours.add(job.uncertainty)
     return ours
 

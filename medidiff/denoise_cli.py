@@ -7,6 +7,7 @@ on Ctrl-C: an interrupted run leaves finished outputs and nothing half-written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import signal
@@ -88,12 +89,43 @@ def _check_job_outputs(job: Any, force: bool, sidecar: bool) -> set[Path]:
     return ours
 
 
+def _write_job_files(job: Any, result: Any, info: dict[str, Any], force: bool, sidecar: bool, ours: set[Path]) -> None:
+    """Write a scan's uncertainty map, sidecar and output together.
+
+    All three are written to temporary files first (the long part: compressing the volumes); only
+    when every one is complete, and the output has not appeared meanwhile, are they renamed onto
+    their names: the map, then the sidecar, then the output. A stop before that leaves the
+    previous files as they were and no new ones; an output that exists therefore comes with its
+    map and sidecar. ``ours``: leftovers of an unfinished earlier run, which may be replaced.
+    """
+    from medidiff.batch import sidecar_path
+    from medidiff.errors import OutputExistsError
+    from medidiff.files import atomic_path
+    from medidiff.io import check_nifti_output, write_nifti_file
+
+    side = sidecar_path(job.output)
+    with contextlib.ExitStack() as stack:  # exits in reverse: the output's rename comes last
+        out_tmp = stack.enter_context(atomic_path(check_nifti_output(job.output, force), force=force))
+        side_tmp = stack.enter_context(atomic_path(side, force=force or side in ours)) if sidecar else None
+        map_tmp = None
+        if job.uncertainty is not None and result.uncertainty is not None:
+            unc = check_nifti_output(job.uncertainty, force or job.uncertainty in ours)
+            map_tmp = stack.enter_context(atomic_path(unc, force=force or job.uncertainty in ours))
+            write_nifti_file(result.uncertainty, map_tmp)
+        if side_tmp is not None:
+            side_tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        write_nifti_file(result.volume, out_tmp)
+        if job.output.exists() and not force:  # finished by another run meanwhile: rename nothing
+            raise OutputExistsError(f"{job.output}: exists already; pass --force to overwrite it")
+    if not sidecar and side in ours:  # a killed run's sidecar, which this run (--no-sidecar) does not replace
+        side.unlink(missing_ok=True)
+
+
 def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_root: Path | None) -> int:
     """Denoise the planned jobs (their folders exist); the exit status of ``medidiff denoise``."""
-    from medidiff.batch import Job, run_jobs, sidecar_path, write_bids_description
-    from medidiff.files import write_text_atomic
+    from medidiff.batch import Job, run_jobs, write_bids_description
     from medidiff.inference import Denoiser
-    from medidiff.io import read_volume, write_volume
+    from medidiff.io import read_volume
 
     if len(jobs) == 1:
         _check_job_outputs(jobs[0], args.force, sidecar=not args.no_sidecar)
@@ -137,29 +169,14 @@ def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_
         result = denoiser.denoise_volume(volume, modality=args.modality, **run_options)
         info = {
             "medidiff_version": __version__,
-            "input": str(job.source),
-            "output": str(job.output),
+            "input": str(job.source.resolve()),
+            "output": str(job.output.resolve()),
             **result.info,
             "python": platform.python_version(),
         }
         if job.uncertainty is not None:
-            info["uncertainty"] = str(job.uncertainty)
-        # the output last, so that it exists only with its uncertainty map and sidecar; if the run
-        # stops before it, those two are removed again (a rerun sees an unfinished job)
-        written: list[Path] = []
-        try:
-            if job.uncertainty is not None and result.uncertainty is not None:
-                write_volume(result.uncertainty, job.uncertainty, force=args.force or job.uncertainty in ours)
-                written.append(job.uncertainty)
-            if not args.no_sidecar:
-                sidecar = sidecar_path(job.output)
-                write_text_atomic(sidecar, json.dumps(info, indent=2) + "\n", force=args.force or sidecar in ours)
-                written.append(sidecar)
-            write_volume(result.volume, job.output, force=args.force)
-        except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
-            raise
+            info["uncertainty"] = str(job.uncertainty.resolve())
+        _write_job_files(job, result, info, args.force, not args.no_sidecar, ours)
         return info
 
     report = run_jobs(jobs, work, args.force)

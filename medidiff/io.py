@@ -127,10 +127,19 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], force: bool = Fal
             ``force`` (:class:`~medidiff.errors.OutputExistsError`).
     """
     out = check_nifti_output(path, force)
-    header, raw = _to_nifti(volume)
     with atomic_path(out, force=force) as tmp:
-        _write_nifti(tmp, header, raw)
+        write_nifti_file(volume, tmp)
     return out
+
+
+def write_nifti_file(volume: Volume, path: str | os.PathLike[str]) -> None:
+    """Write ``volume`` as NIfTI to exactly ``path``, not atomically, with the rules of :func:`write_volume`.
+
+    For callers that stage several files with :func:`medidiff.files.atomic_path` and rename them
+    together; ``path`` must end in ``.nii`` or ``.nii.gz`` (a temporary name of ``atomic_path`` does).
+    """
+    header, raw = _to_nifti(volume)
+    _write_nifti(Path(path), header, raw)
 
 
 def guess_modality(volume: Volume) -> Modality:

@@ -184,35 +184,84 @@ def _three_scans(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("stop_at", ["out/s1.nii.gz", "spread/s1_uncertainty.nii.gz"])
+@pytest.mark.parametrize("stop_at_write", [3, 4])  # the second scan's map (3) or its output (4)
 def test_a_job_stopped_while_its_files_are_written_leaves_none_of_them(
-        tmp_path: Path, capsys, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, stop_at: str):
-    """The uncertainty map and sidecar come before the output and go again if the output is not
-    written, so the rerun finishes the job without --force."""
+        tmp_path: Path, capsys, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, stop_at_write: int):
+    """The map, sidecar and output are staged in temporary files and renamed together, so a stop
+    while any of them is written leaves nothing of that scan and the rerun finishes it."""
     import medidiff.io
     from medidiff.denoise_cli import Terminated
 
     folder = _three_scans(tmp_path)
     out, spread = tmp_path / "out", tmp_path / "spread"
-    real = medidiff.io.write_volume
+    real = medidiff.io.write_nifti_file
+    writes = []
 
-    def stop_at_second_output(volume, path, force=False):
-        if Path(path) == tmp_path / stop_at:
+    def stop_at_nth_write(volume, path):
+        writes.append(path)
+        if len(writes) == stop_at_write:
             raise Terminated()
-        return real(volume, path, force=force)
+        return real(volume, path)
 
     args = ["denoise", str(folder), "-o", str(out), "--model", str(tiny_model), "--flips", "2",
             "--uncertainty", str(spread)]
-    monkeypatch.setattr(medidiff.io, "write_volume", stop_at_second_output)
+    monkeypatch.setattr(medidiff.io, "write_nifti_file", stop_at_nth_write)
     assert main(args) == 143
     assert sorted(p.name for p in out.iterdir()) == ["s0.json", "s0.nii.gz"]
     assert sorted(p.name for p in spread.iterdir()) == ["s0_uncertainty.nii.gz"]
-    monkeypatch.setattr(medidiff.io, "write_volume", real)
+    monkeypatch.setattr(medidiff.io, "write_nifti_file", real)
     capsys.readouterr()
     assert main(args) == 0
     assert "2 denoised, 1 skipped (done before), 0 failed" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [f"s{k}.{e}" for k in range(3) for e in ("json", "nii.gz")]
     assert sorted(p.name for p in spread.iterdir()) == [f"s{k}_uncertainty.nii.gz" for k in range(3)]
+
+
+def test_a_forced_rerun_stopped_while_writing_keeps_the_finished_files(
+        tmp_path: Path, capsys, tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
+    import medidiff.io
+    from medidiff.denoise_cli import Terminated
+
+    scan = write_phantom(tmp_path / "scan.nii.gz", shape=(16, 16, 16))
+    args = ["denoise", str(scan), "-o", str(tmp_path / "o.nii.gz"), "--model", str(tiny_model), "--flips", "2",
+            "--uncertainty", str(tmp_path / "u.nii.gz")]
+    assert main(args) == 0
+    before = {p.name: _digest(p) for p in tmp_path.iterdir() if p.name != "scan.nii.gz"}
+    assert sorted(before) == ["o.json", "o.nii.gz", "u.nii.gz"]
+    real = medidiff.io.write_nifti_file
+    written = []
+
+    def stop_at_the_output(volume, path):  # the map is written first, the output second
+        if written:
+            raise Terminated()
+        written.append(path)
+        return real(volume, path)
+
+    monkeypatch.setattr(medidiff.io, "write_nifti_file", stop_at_the_output)
+    assert main([*args, "--force", "--seed", "1"]) == 143
+    assert {p.name: _digest(p) for p in tmp_path.iterdir() if p.name != "scan.nii.gz"} == before
+
+
+def test_an_output_finished_by_another_run_meanwhile_renames_nothing(
+        tmp_path: Path, capsys, tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
+    import medidiff.io
+
+    scan = write_phantom(tmp_path / "scan.nii.gz", shape=(16, 16, 16))
+    out = tmp_path / "o.nii.gz"
+    real = medidiff.io.write_nifti_file
+
+    def another_run_finishes_first(volume, path):
+        real(volume, path)
+        if not out.exists():
+            out.write_bytes(b"the other run's output")
+            (tmp_path / "o.json").write_text('{"other": true}')
+
+    monkeypatch.setattr(medidiff.io, "write_nifti_file", another_run_finishes_first)
+    rc = main(["denoise", str(scan), "-o", str(out), "--model", str(tiny_model)])
+    assert rc == 2 and "exists already" in capsys.readouterr().err
+    assert out.read_bytes() == b"the other run's output"
+    assert (tmp_path / "o.json").read_text() == '{"other": true}'
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
 
 
 def _leave_killed_job(out: Path, spread: Path | None, name: str = "s1") -> None:
@@ -304,3 +353,22 @@ def test_a_map_the_leftover_sidecar_does_not_name_is_kept(tmp_path: Path, capsys
                "--uncertainty", str(spread)])
     assert rc == 2 and "1 failed" in capsys.readouterr().out
     assert (spread / "s1_uncertainty.nii.gz").read_bytes() == b"someone else's file"
+
+
+def test_a_relative_map_name_in_a_leftover_sidecar_is_not_taken_as_ours(tmp_path: Path, capsys, tiny_model: Path):
+    scan = write_phantom(tmp_path / "scan.nii.gz", shape=(16, 16, 16))
+    (tmp_path / "o.json").write_text(json.dumps({"medidiff_version": "0", "output": "o.nii.gz",
+                                                 "uncertainty": "u.nii.gz"}))
+    (tmp_path / "u.nii.gz").write_bytes(b"a file of the same name")
+    rc = main(["denoise", str(scan), "-o", str(tmp_path / "o.nii.gz"), "--model", str(tiny_model), "--flips", "2",
+               "--uncertainty", str(tmp_path / "u.nii.gz")])
+    assert rc == 2 and "u.nii.gz: exists already" in capsys.readouterr().err
+    assert (tmp_path / "u.nii.gz").read_bytes() == b"a file of the same name"
+
+
+def test_a_rerun_without_sidecars_removes_the_leftover_sidecar(tmp_path: Path, capsys, tiny_model: Path):
+    scan = write_phantom(tmp_path / "scan.nii.gz", shape=(16, 16, 16))
+    _leave_killed_job(tmp_path, None, "o")
+    assert main(["denoise", str(scan), "-o", str(tmp_path / "o.nii.gz"), "--model", str(tiny_model),
+                 "--no-sidecar"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.nii.gz", "scan.nii.gz"]
