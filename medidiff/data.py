@@ -87,7 +87,10 @@ def _datalist(path: Path, split: Literal["training", "validation"]) -> list[Item
             entry = {"image": entry}
         if not isinstance(entry, dict) or "image" not in entry:
             raise ConfigError(f'{path}: entry {n} of "{split}" has no "image"')
-        if not isinstance(entry["image"], str) or not isinstance(entry.get("target") or "", str):
+        target = entry.get("target")
+        if not isinstance(entry["image"], str) or not entry["image"] or not (
+            target is None or (isinstance(target, str) and target)
+        ):
             raise ConfigError(f'{path}: entry {n} of "{split}": "image" and "target" must be file names (text)')
         image = str((path.parent / entry["image"]).resolve())
         target = entry.get("target")

@@ -1,12 +1,12 @@
 """Denoising whole scans: noise level -> start of the reverse process, sliding windows, ensembles.
 
 The scan ``y`` is treated as the state of the diffusion at its own noise level ``sigma_y`` (EDM view,
-DDM2): the reverse process starts from ``y`` itself. ``strength`` > 0 first re-noises it to
-``sigma_y * (1 + strength)`` (SDEdit, Meng et al. 2022) for more smoothing. With ``steps=1`` the
-result is the single-step posterior-mean estimate ``D(y, sigma_y)``. The network can be told a
-multiple of ``sigma_y`` (``network_sigma_scale``; 1.1 for MR: on brains it was not trained on, the
-bundled MR model leaves less noise when told 10 % more, docs/design.md section 4); the steps after
-the network keep ``sigma_y``.
+DDM2): the reverse process starts from ``y`` itself. The network is told a multiple ``S`` of
+``sigma_y`` (``network_sigma_scale``; 1.1 for MR: on brains it was not trained on, the bundled MR
+model leaves less noise when told 10 % more, docs/design.md section 4); the steps after the network
+keep ``sigma_y``. ``strength`` > 0 first re-noises the scan to ``S * sigma_y * (1 + strength)``
+(SDEdit, Meng et al. 2022) for more smoothing. With ``steps=1`` the network's result is the
+single-step posterior-mean estimate ``D(y, S * sigma_y)``.
 
 The sampler runs on the whole volume; only the denoiser call is split into overlapping windows with
 Gaussian blending (MONAI ``sliding_window_inference``), so noise drawn by stochastic samplers is one
@@ -477,6 +477,7 @@ class Denoiser:
         Loading builds MONAI's U-Net (importing MONAI, about a second on a CPU) and reads the weights;
         a pipeline or a timing that should not pay for it inside its first call loads first.
         """
+        modality = modality.upper() if isinstance(modality, str) else modality
         if modality not in ("MR", "CT"):
             raise MedidiffError(f"modality must be MR or CT, got {modality!r}")
         self._model_for(modality)

@@ -172,7 +172,7 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
     A scheduler stops a job by signalling its whole process group. A worker killed by that signal
     would make the main process fail before it could save its checkpoint; ignoring it, the worker
-    keeps serving until the main process has saved and shuts the workers down.
+    keeps serving until the main process has saved, and then ends the workers with SIGKILL.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -472,6 +472,11 @@ def train(
             if stop_now:
                 interrupted = True
                 save(step)
+                # the workers ignore SIGTERM (see _ignore_stop_signals), so the usual shutdown could not
+                # end one that hangs; the checkpoint is saved, so end them outright
+                for worker in getattr(batches, "_workers", []):
+                    if worker.is_alive():
+                        worker.kill()
                 break
             if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
                 save(step)

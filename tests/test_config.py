@@ -230,3 +230,11 @@ def test_the_stage_presets_build_on_stage_7() -> None:
         assert cfg.train.seed == n
         assert cfg.data == stage7.data and cfg.model == stage7.model and cfg.noise == stage7.noise
         assert cfg.output_dir.endswith(f"mri-stage{n}")
+
+
+def test_a_value_yaml_cannot_build_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  train: 2024-13-01\n")  # YAML reads this as a date, and month 13 fails
+    with pytest.raises(ConfigError, match="cannot be read.*quote it"):
+        load_config(path)
+    assert load_config(None, ["data.train=2024-13-01"]).data.train.endswith("2024-13-01")

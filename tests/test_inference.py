@@ -440,3 +440,4 @@ def test_api_keeps_the_nibabel_image_class_and_takes_the_modality_in_any_case(ti
     assert np.array_equal(np.asarray(out.dataobj), np.asarray(upper.dataobj))
     with pytest.raises(MedidiffError, match="MR or CT"):
         denoise(arr, model=str(tiny_model), device="cpu", modality="PET")
+    Denoiser(model=str(tiny_model), device="cpu").load("mr")  # the same in Denoiser.load

@@ -406,6 +406,8 @@ def test_starting_again_after_divergence_starts_a_fresh_log(phantom_dir: Path, t
         ({"training": 5}, "must be a list"),
         ({"training": "abc"}, "must be a list"),
         ({"training": [{"image": 5}]}, "must be file names"),
+        ({"training": [{"image": ""}]}, "must be file names"),
+        ({"training": [{"image": "a.nii.gz", "target": False}]}, "must be file names"),
     ],
 )
 def test_a_malformed_datalist_is_a_config_error(tmp_path: Path, doc: dict, message: str) -> None:
