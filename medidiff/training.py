@@ -172,10 +172,25 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
     A scheduler stops a job by signalling its whole process group. A worker killed by that signal
     would make the main process fail before it could save its checkpoint; ignoring it, the worker
-    keeps serving until the main process has saved, and then ends the workers with SIGKILL.
+    keeps serving until the main process has saved and stops it (:func:`_end_workers`).
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _end_workers(batches: Any) -> None:
+    """Stop the DataLoader's workers once the checkpoint is saved.
+
+    PyTorch's own shutdown asks them to stop and waits; it would end a hung one with SIGTERM, which
+    the workers ignore (:func:`_ignore_stop_signals`), so one still alive after it gets SIGKILL.
+    ``_shutdown_workers`` is PyTorch's private method (present since 1.x; skipped if it goes).
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
+    for worker in getattr(batches, "_workers", []):
+        if worker.is_alive():
+            worker.kill()
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
@@ -472,11 +487,7 @@ def train(
             if stop_now:
                 interrupted = True
                 save(step)
-                # the workers ignore SIGTERM (see _ignore_stop_signals), so the usual shutdown could not
-                # end one that hangs; the checkpoint is saved, so end them outright
-                for worker in getattr(batches, "_workers", []):
-                    if worker.is_alive():
-                        worker.kill()
+                _end_workers(batches)
                 break
             if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
                 save(step)
