@@ -160,6 +160,8 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
     seen: dict[Path, Path] = {}
     for job in jobs:
         if job.output in seen:
+            if Path(job.source).resolve() == Path(seen[job.output]).resolve():
+                raise MedidiffError(f"{job.source}: given twice; give each input once")
             raise MedidiffError(
                 f"{job.source} and {seen[job.output]} would both write {job.output}; rename one"
             )

@@ -719,3 +719,9 @@ def test_a_missing_model_is_one_error_for_a_batch_and_not_blamed_on_the_scan(tmp
     rc, _, err = call(capsys, "denoise", noisy_scan, "-o", tmp_path / "one.nii.gz", "--model", "nope")
     assert_short_error(rc, err)
     assert err.startswith("medidiff: error: nope: model not found") and str(noisy_scan) not in err
+
+
+def test_an_input_given_twice_is_named_as_such(tmp_path: Path, capsys, noisy_scan: Path, tiny_model: Path):
+    rc, _, err = call(capsys, "denoise", noisy_scan, noisy_scan, "-o", tmp_path / "out", "--model", tiny_model)
+    assert_short_error(rc, err)
+    assert "given twice" in err and not (tmp_path / "out").exists()
