@@ -75,7 +75,7 @@ def leftovers_of_unfinished_job(job: Job) -> set[Path]:
     named = info.get("uncertainty")
     # the map only where the sidecar names this very file by its absolute path, as medidiff writes it
     if (job.uncertainty is not None and isinstance(named, str) and Path(named).is_absolute()
-            and Path(named) == job.uncertainty.resolve()):
+            and Path(named).resolve() == job.uncertainty.resolve()):
         ours.add(job.uncertainty)
     return ours
 

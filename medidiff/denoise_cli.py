@@ -93,10 +93,12 @@ def _write_job_files(job: Any, result: Any, info: dict[str, Any], force: bool, s
     """Write a scan's uncertainty map, sidecar and output together.
 
     All three are written to temporary files first (the long part: compressing the volumes); only
-    when every one is complete, and the output has not appeared meanwhile, are they renamed onto
-    their names: the map, then the sidecar, then the output. A stop before that leaves the
-    previous files as they were and no new ones; an output that exists therefore comes with its
-    map and sidecar. ``ours``: leftovers of an unfinished earlier run, which may be replaced.
+    when every one is complete, and none has appeared meanwhile (another run), are they renamed onto
+    their names: the sidecar, then the map, then the output, with SIGINT and SIGTERM held back
+    until the three renames are done. A stop before that leaves the previous files as they were and
+    no new ones; an output that exists therefore comes with its map and sidecar, and anything less
+    (a crash between renames) starts with medidiff's sidecar naming the map, which a rerun
+    recognizes (:func:`medidiff.batch.leftovers_of_unfinished_job`). ``ours``: such leftovers.
     """
     from medidiff.batch import sidecar_path
     from medidiff.errors import OutputExistsError
@@ -104,21 +106,46 @@ def _write_job_files(job: Any, result: Any, info: dict[str, Any], force: bool, s
     from medidiff.io import check_nifti_output, write_nifti_file
 
     side = sidecar_path(job.output)
-    with contextlib.ExitStack() as stack:  # exits in reverse: the output's rename comes last
-        out_tmp = stack.enter_context(atomic_path(check_nifti_output(job.output, force), force=force))
-        side_tmp = stack.enter_context(atomic_path(side, force=force or side in ours)) if sidecar else None
-        map_tmp = None
-        if job.uncertainty is not None and result.uncertainty is not None:
-            unc = check_nifti_output(job.uncertainty, force or job.uncertainty in ours)
-            map_tmp = stack.enter_context(atomic_path(unc, force=force or job.uncertainty in ours))
-            write_nifti_file(result.uncertainty, map_tmp)
-        if side_tmp is not None:
-            side_tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        write_nifti_file(result.volume, out_tmp)
-        if job.output.exists() and not force:  # finished by another run meanwhile: rename nothing
-            raise OutputExistsError(f"{job.output}: exists already; pass --force to overwrite it")
+    targets: list[tuple[Path, bool]] = [(job.output, force)]
+    held = False
+    try:
+        with contextlib.ExitStack() as stack:  # exits in reverse: sidecar, map, output
+            out_tmp = stack.enter_context(atomic_path(check_nifti_output(job.output, force), force=force))
+            map_tmp = None
+            if job.uncertainty is not None and result.uncertainty is not None:
+                unc_force = force or job.uncertainty in ours
+                unc = check_nifti_output(job.uncertainty, unc_force)
+                map_tmp = stack.enter_context(atomic_path(unc, force=unc_force))
+                targets.append((job.uncertainty, unc_force))
+            side_tmp = None
+            if sidecar:
+                side_tmp = stack.enter_context(atomic_path(side, force=force or side in ours))
+                targets.append((side, force or side in ours))
+            if map_tmp is not None:
+                write_nifti_file(result.uncertainty, map_tmp)
+            if side_tmp is not None:
+                side_tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            write_nifti_file(result.volume, out_tmp)
+            if job.output.exists() and not force:  # finished by another run meanwhile: rename nothing
+                raise OutputExistsError(f"{job.output}: exists already; pass --force to overwrite it")
+            for target, may_replace in targets[1:]:
+                if target.exists() and not may_replace and target not in ours:
+                    raise OutputExistsError(f"{target}: exists already; pass --force to overwrite it")
+            held = _hold_stop_signals(True)
+    finally:
+        if held:
+            _hold_stop_signals(False)  # a signal that came during the renames is delivered now
     if not sidecar and side in ours:  # a killed run's sidecar, which this run (--no-sidecar) does not replace
         side.unlink(missing_ok=True)
+
+
+def _hold_stop_signals(hold: bool) -> bool:
+    """Block (or unblock) SIGINT and SIGTERM in this thread; False where that is not possible."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return False
+    how = signal.SIG_BLOCK if hold else signal.SIG_UNBLOCK
+    signal.pthread_sigmask(how, {signal.SIGINT, signal.SIGTERM})
+    return True
 
 
 def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_root: Path | None) -> int:

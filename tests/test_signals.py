@@ -372,3 +372,49 @@ def test_a_rerun_without_sidecars_removes_the_leftover_sidecar(tmp_path: Path, c
     assert main(["denoise", str(scan), "-o", str(tmp_path / "o.nii.gz"), "--model", str(tiny_model),
                  "--no-sidecar"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.nii.gz", "scan.nii.gz"]
+
+
+def test_a_failure_between_the_renames_leaves_what_a_rerun_recognizes(
+        tmp_path: Path, capsys, tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
+    """The sidecar is renamed first, so any part of a scan's files that lands comes with medidiff's
+    sidecar naming the map, and the rerun replaces it without --force."""
+    import medidiff.files
+
+    scan = write_phantom(tmp_path / "scan.nii.gz", shape=(16, 16, 16))
+    real = medidiff.files.os.replace
+    renames = []
+
+    def fail_at_the_second_rename(src, dst):
+        renames.append(Path(dst).name)
+        if len(renames) == 2:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    args = ["denoise", str(scan), "-o", str(tmp_path / "o.nii.gz"), "--model", str(tiny_model), "--flips", "2",
+            "--uncertainty", str(tmp_path / "u.nii.gz")]
+    monkeypatch.setattr(medidiff.files.os, "replace", fail_at_the_second_rename)
+    assert main(args) != 0
+    assert renames == ["o.json", "u.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "scan.nii.gz"]
+    monkeypatch.setattr(medidiff.files.os, "replace", real)
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "o.nii.gz", "scan.nii.gz", "u.nii.gz"]
+
+
+def test_an_output_finished_meanwhile_leaves_a_leftover_sidecar_alone(
+        tmp_path: Path, capsys, tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
+    import medidiff.io
+
+    scan = write_phantom(tmp_path / "scan.nii.gz", shape=(16, 16, 16))
+    out = tmp_path / "o.nii.gz"
+    _leave_killed_job(tmp_path, None, "o")  # a sidecar this run may replace
+    leftover = (tmp_path / "o.json").read_text()
+    real = medidiff.io.write_nifti_file
+
+    def another_run_finishes_first(volume, path):
+        real(volume, path)
+        out.write_bytes(b"the other run's output")
+
+    monkeypatch.setattr(medidiff.io, "write_nifti_file", another_run_finishes_first)
+    assert main(["denoise", str(scan), "-o", str(out), "--model", str(tiny_model)]) == 2
+    assert (tmp_path / "o.json").read_text() == leftover and out.read_bytes() == b"the other run's output"
