@@ -166,6 +166,18 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
                 f"{job.source} and {seen[job.output]} would both write {job.output}; rename one"
             )
         seen[job.output] = job.source
+    # every file the jobs write (outputs, maps, sidecars) once: a map named like another scan's output
+    written: dict[Path, Path] = {}
+    for job in jobs:
+        for target in (job.output, job.uncertainty, sidecar_path(job.output)):
+            if target is None:
+                continue
+            other = written.setdefault(target.resolve(), job.source)
+            if other != job.source:
+                raise MedidiffError(
+                    f"{target}: would be written for both {other} and {job.source}; "
+                    "give the uncertainty maps a folder of their own"
+                )
     if not jobs:
         raise MedidiffError(f"{', '.join(inputs)}: no scans found (NIfTI, NRRD, MHA or DICOM)")
     return jobs, bids_root

@@ -725,3 +725,16 @@ def test_an_input_given_twice_is_named_as_such(tmp_path: Path, capsys, noisy_sca
     rc, _, err = call(capsys, "denoise", noisy_scan, noisy_scan, "-o", tmp_path / "out", "--model", tiny_model)
     assert_short_error(rc, err)
     assert "given twice" in err and not (tmp_path / "out").exists()
+
+
+def test_a_map_named_like_another_scans_output_is_refused_before_any_work(tmp_path: Path, capsys,
+                                                                            tiny_model: Path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_phantom(folder / "s.nii.gz", shape=(16, 16, 16), seed=0)
+    write_phantom(folder / "s_uncertainty.nii.gz", shape=(16, 16, 16), seed=1)
+    out = tmp_path / "out"
+    rc, _, err = call(capsys, "denoise", folder, "-o", out, "--uncertainty", out, "--flips", "2",
+                      "--model", tiny_model)
+    assert_short_error(rc, err)
+    assert "would be written for both" in err and not out.exists()
