@@ -51,6 +51,20 @@ def sidecar_path(output: Path) -> Path:
     return output.with_name(strip_suffix(output.name) + ".json")
 
 
+def own_sidecar(output: Path) -> dict[str, Any] | None:
+    """The JSON sidecar beside ``output`` if medidiff wrote it for that output's name, else None."""
+    sidecar = sidecar_path(output)
+    if not sidecar.is_file() or sidecar.stat().st_size > 1_000_000:
+        return None
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(info, dict) or "medidiff_version" not in info:
+        return None
+    return info if Path(str(info.get("output", ""))).name == output.name else None
+
+
 def leftovers_of_unfinished_job(job: Job) -> set[Path]:
     """Files an earlier, unfinished run of ``job`` left beside its missing output: ours to replace.
 
@@ -61,15 +75,8 @@ def leftovers_of_unfinished_job(job: Job) -> set[Path]:
     and a JSON file of that name that medidiff did not write (a BIDS sidecar) never is.
     """
     sidecar = sidecar_path(job.output)
-    if job.output.exists() or not sidecar.is_file() or sidecar.stat().st_size > 1_000_000:
-        return set()
-    try:
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return set()
-    if not isinstance(info, dict) or "medidiff_version" not in info:
-        return set()
-    if Path(str(info.get("output", ""))).name != job.output.name:
+    info = own_sidecar(job.output) if not job.output.exists() else None
+    if info is None:
         return set()
     ours = {sidecar}
     named = info.get("uncertainty")
@@ -169,13 +176,13 @@ def plan_jobs(inputs: list[str], output: str, uncertainty: str | None) -> tuple[
     # every file the jobs write (outputs, maps, sidecars) once: a map named like another scan's output
     written: dict[Path, Path] = {}
     for job in jobs:
-        for target in (job.output, job.uncertainty, sidecar_path(job.output)):
-            if target is None:
+        for path in (job.output, job.uncertainty, sidecar_path(job.output)):
+            if path is None:
                 continue
-            other = written.setdefault(target.resolve(), job.source)
+            other = written.setdefault(path.resolve(), job.source)
             if other != job.source:
                 raise MedidiffError(
-                    f"{target}: would be written for both {other} and {job.source}; "
+                    f"{path}: would be written for both {other} and {job.source}; "
                     "give the uncertainty maps a folder of their own"
                 )
     if not jobs:

@@ -400,8 +400,9 @@ class _StrictLoader(yaml.SafeLoader):
 
 # booleans are true and false only (YAML 1.2): YAML 1.1's yes/no/on/off stay text, so a mistyped
 # value is refused by the type check instead of read as a boolean
+# (and no value is read as a date: a config holds none, and 2024-01-01 stays text like any path)
 _StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _StrictLoader.add_implicit_resolver(

@@ -100,7 +100,7 @@ def _write_job_files(job: Any, result: Any, info: dict[str, Any], force: bool, s
     (a crash between renames) starts with medidiff's sidecar naming the map, which a rerun
     recognizes (:func:`medidiff.batch.leftovers_of_unfinished_job`). ``ours``: such leftovers.
     """
-    from medidiff.batch import sidecar_path
+    from medidiff.batch import own_sidecar, sidecar_path
     from medidiff.errors import OutputExistsError
     from medidiff.files import atomic_path
     from medidiff.io import check_nifti_output, write_nifti_file
@@ -135,8 +135,8 @@ def _write_job_files(job: Any, result: Any, info: dict[str, Any], force: bool, s
     finally:
         if held:
             _hold_stop_signals(False)  # a signal that came during the renames is delivered now
-    if not sidecar and side in ours:  # a killed run's sidecar, which this run (--no-sidecar) does not replace
-        side.unlink(missing_ok=True)
+    if not sidecar and (side in ours or (force and own_sidecar(job.output) is not None)):
+        side.unlink(missing_ok=True)  # medidiff's sidecar of an earlier run, which would describe this output wrongly
 
 
 def _hold_stop_signals(hold: bool) -> bool:

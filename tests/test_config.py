@@ -234,7 +234,10 @@ def test_the_stage_presets_build_on_stage_7() -> None:
 
 def test_a_value_yaml_cannot_build_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("data:\n  train: 2024-13-01\n")  # YAML reads this as a date, and month 13 fails
+    path.write_text("train:\n  max_steps: !!int abc\n")
     with pytest.raises(ConfigError, match="cannot be read.*quote it"):
         load_config(path)
+    path.write_text("data:\n  train: 2024-13-01\n")  # not read as a date (which month 13 would fail)
+    assert load_config(path).data.train.endswith("2024-13-01")
     assert load_config(None, ["data.train=2024-13-01"]).data.train.endswith("2024-13-01")
+    assert load_config(None, ["data.train=2024-01-01"]).data.train.endswith("2024-01-01")  # never a date

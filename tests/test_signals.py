@@ -418,3 +418,11 @@ def test_an_output_finished_meanwhile_leaves_a_leftover_sidecar_alone(
     monkeypatch.setattr(medidiff.io, "write_nifti_file", another_run_finishes_first)
     assert main(["denoise", str(scan), "-o", str(out), "--model", str(tiny_model)]) == 2
     assert (tmp_path / "o.json").read_text() == leftover and out.read_bytes() == b"the other run's output"
+
+
+def test_a_forced_rerun_without_sidecars_removes_the_old_medidiff_sidecar(tmp_path: Path, capsys, tiny_model: Path):
+    scan = write_phantom(tmp_path / "scan.nii.gz", shape=(16, 16, 16))
+    args = ["denoise", str(scan), "-o", str(tmp_path / "o.nii.gz"), "--model", str(tiny_model)]
+    assert main(args) == 0 and (tmp_path / "o.json").is_file()
+    assert main([*args, "--force", "--no-sidecar", "--seed", "3"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.nii.gz", "scan.nii.gz"]
