@@ -450,3 +450,35 @@ def test_an_mr_run_refuses_a_scan_in_hounsfield_units(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(ct, np.eye(4)), str(data / "ct.nii.gz"))
     with pytest.raises(ConfigError, match="ct.nii.gz.*negative.*data.modality: CT"):
         train(str(TINY_CONFIG), [*_overrides(data, tmp_path / "run", 2), "data.val="], progress=False)
+
+
+_HUNG_WORKER_RUN = """
+import sys, time
+import medidiff.data
+real = medidiff.data.PatchDataset.__getitem__
+def hang_after_the_last_step(self, i):
+    if i >= 3 * 2:  # items beyond the three steps of two patches: prefetched by the worker, never used
+        time.sleep(3600)
+    return real(self, i)
+medidiff.data.PatchDataset.__getitem__ = hang_after_the_last_step
+from medidiff.training import train
+result = train(sys.argv[1], sys.argv[2:], progress=False)
+print("returned at step", result.step, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_hung_data_worker_does_not_keep_a_finished_run_from_exiting(phantom_dir: Path, tmp_path: Path) -> None:
+    """The workers ignore SIGTERM; a worker stuck in a read is still ended when training ends."""
+    args = [str(TINY_CONFIG), f"data.train={phantom_dir}", "data.val=", f"output_dir={tmp_path / 'run'}",
+            "train.max_steps=3", "train.batch_size=2", "data.num_workers=1"]
+    proc = subprocess.Popen([sys.executable, "-c", _HUNG_WORKER_RUN, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the run did not exit: a hung data worker kept it alive")
+    assert proc.returncode == 0, err
+    assert "returned at step 3" in out
