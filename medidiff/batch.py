@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medidiff import __version__
-from medidiff.errors import MedidiffError, ModelError
+from medidiff.errors import MedidiffError, ModelError, OutputExistsError
 from medidiff.files import expand_user, make_folder, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,8 @@ def run_jobs(
             info = work(job)
         except MedidiffError as exc:
             if single:
-                # name the scan, as a batch's report does, unless the fault is the model's
-                if str(job.source) not in str(exc) and not isinstance(exc, ModelError):
+                # name the scan, as a batch's report does, unless the fault is the model's or an output's
+                if str(job.source) not in str(exc) and not isinstance(exc, (ModelError, OutputExistsError)):
                     exc.args = (f"{job.source}: {exc}",)
                 raise
             report.failed.append((job.source, str(exc)))
