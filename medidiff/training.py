@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,16 @@ def _ignore_stop_signals(worker_id: int) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _batches(loader: Any) -> Iterator[Any]:
+    """Iterate ``loader``; on every way out (the end, a stop, an error) end its workers (:func:`_end_workers`)."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        _end_workers(batches)
 
 
 def _end_workers(batches: Any) -> None:
@@ -394,106 +405,102 @@ def train(
                 run_dir, at, raw, ema, optimizer, {"config": "config.yaml"}, cfg.train.keep_checkpoints
             )
 
-    with _StopFlag() as stop:
-        batches = iter(loader)
-        try:
-            while step < cfg.train.max_steps:
-                batch = next(batches)
-                g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * world + rank)
-                x0 = batch["x0"]
-                sigma, scan = draw_sigmas(cfg, x0.shape[0], g)
-                if "noisy" in batch:  # real pairs: their own noise at its measured level, else synthetic
-                    real_sigma = (batch["noisy"] - x0).flatten(1).std(dim=1).clamp_min(cfg.schedule.sigma_min)
-                    use_real = scan.clone()
-                    noisy = make_noisy(cfg, x0, sigma, scan, g)
-                    noisy = torch.where(use_real.view(-1, 1, 1, 1, 1), batch["noisy"], noisy)
-                    sigma = torch.where(use_real, real_sigma, sigma)
-                elif "own_sigma" in batch:  # the scan's own noise split between input and target
-                    from medidiff.noise import recorrupt
+    with _StopFlag() as stop, _batches(loader) as batches:
+        while step < cfg.train.max_steps:
+            batch = next(batches)
+            g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step * world + rank)
+            x0 = batch["x0"]
+            sigma, scan = draw_sigmas(cfg, x0.shape[0], g)
+            if "noisy" in batch:  # real pairs: their own noise at its measured level, else synthetic
+                real_sigma = (batch["noisy"] - x0).flatten(1).std(dim=1).clamp_min(cfg.schedule.sigma_min)
+                use_real = scan.clone()
+                noisy = make_noisy(cfg, x0, sigma, scan, g)
+                noisy = torch.where(use_real.view(-1, 1, 1, 1, 1), batch["noisy"], noisy)
+                sigma = torch.where(use_real, real_sigma, sigma)
+            elif "own_sigma" in batch:  # the scan's own noise split between input and target
+                from medidiff.noise import recorrupt
 
-                    rician = scan & (cfg.noise.kind == "rician")
-                    noisy, x0, sigma = recorrupt(x0, batch["own_sigma"], sigma, rician, g)
+                rician = scan & (cfg.noise.kind == "rician")
+                noisy, x0, sigma = recorrupt(x0, batch["own_sigma"], sigma, rician, g)
+            else:
+                noisy = make_noisy(cfg, x0, sigma, scan, g)
+            x0, noisy, sigma = x0.to(device), noisy.to(device), sigma.to(device)
+            if device.type == "cuda":
+                x0 = x0.to(memory_format=torch.channels_last_3d)
+                noisy = noisy.to(memory_format=torch.channels_last_3d)
+            lr = learning_rate(cfg.train, step)
+            for group in optimizer.param_groups:  # config wins over restored optimizer settings
+                group["lr"] = lr
+                group["weight_decay"] = cfg.train.weight_decay
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                if cfg.train.guided_loss_weight > 0:
+                    loss = guided_loss(model, cfg, x0, noisy, sigma, scan.to(device))
                 else:
-                    noisy = make_noisy(cfg, x0, sigma, scan, g)
-                x0, noisy, sigma = x0.to(device), noisy.to(device), sigma.to(device)
-                if device.type == "cuda":
-                    x0 = x0.to(memory_format=torch.channels_last_3d)
-                    noisy = noisy.to(memory_format=torch.channels_last_3d)
-                lr = learning_rate(cfg.train, step)
-                for group in optimizer.param_groups:  # config wins over restored optimizer settings
-                    group["lr"] = lr
-                    group["weight_decay"] = cfg.train.weight_decay
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                    if cfg.train.guided_loss_weight > 0:
-                        loss = guided_loss(model, cfg, x0, noisy, sigma, scan.to(device))
-                    else:
-                        loss = model.loss(x0, noisy, sigma)
-                if not torch.isfinite(loss):
-                    again = (
-                        "and resume from an earlier checkpoint, or start again"
-                        if latest_checkpoint(run_dir) is not None
-                        else "and start again (there is no checkpoint yet)"
+                    loss = model.loss(x0, noisy, sigma)
+            if not torch.isfinite(loss):
+                again = (
+                    "and resume from an earlier checkpoint, or start again"
+                    if latest_checkpoint(run_dir) is not None
+                    else "and start again (there is no checkpoint yet)"
+                )
+                raise ConfigError(  # a setting (most often the learning rate), not a bug: exit 2
+                    f"training diverged: the loss became {float(loss.detach())} at step {step + 1}; lower train.lr "
+                    + again
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                raw = _unwrap(net)
+                decay = min(cfg.train.ema_decay, (1 + step) / (10 + step))
+                for e, p in zip(ema.parameters(), raw.parameters(), strict=True):
+                    e.lerp_(p.detach(), 1.0 - decay)
+            step += 1
+            window_steps += 1
+            last_loss = float(loss.detach())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+            if is_main and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
+                elapsed = time.perf_counter() - window_start
+                record: dict[str, Any] = {
+                    "step": step,
+                    "loss": last_loss,
+                    "lr": lr,
+                    "steps_per_s": window_steps / max(elapsed, 1e-9),
+                }
+                if val_set is not None and step % cfg.train.val_every == 0:
+                    was_net = model.net
+                    model.net = ema
+                    record.update(validate(model, val_set, cfg, device))
+                    model.net = was_net
+                metrics.write(record)
+                if bar is None:
+                    left = (cfg.train.max_steps - step) / max(record["steps_per_s"], 1e-9)
+                    log.info(
+                        "step %d/%d loss %.4f %.2f steps/s eta %.0fs",
+                        step,
+                        cfg.train.max_steps,
+                        last_loss,
+                        record["steps_per_s"],
+                        left,
                     )
-                    raise ConfigError(  # a setting (most often the learning rate), not a bug: exit 2
-                        f"training diverged: the loss became {float(loss.detach())} at step {step + 1}; lower train.lr "
-                        + again
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.train.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
-                optimizer.step()
-                with torch.no_grad():
-                    raw = _unwrap(net)
-                    decay = min(cfg.train.ema_decay, (1 + step) / (10 + step))
-                    for e, p in zip(ema.parameters(), raw.parameters(), strict=True):
-                        e.lerp_(p.detach(), 1.0 - decay)
-                step += 1
-                window_steps += 1
-                last_loss = float(loss.detach())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last_loss:.4f}")
-                if is_main and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
-                    elapsed = time.perf_counter() - window_start
-                    record: dict[str, Any] = {
-                        "step": step,
-                        "loss": last_loss,
-                        "lr": lr,
-                        "steps_per_s": window_steps / max(elapsed, 1e-9),
-                    }
-                    if val_set is not None and step % cfg.train.val_every == 0:
-                        was_net = model.net
-                        model.net = ema
-                        record.update(validate(model, val_set, cfg, device))
-                        model.net = was_net
-                    metrics.write(record)
-                    if bar is None:
-                        left = (cfg.train.max_steps - step) / max(record["steps_per_s"], 1e-9)
-                        log.info(
-                            "step %d/%d loss %.4f %.2f steps/s eta %.0fs",
-                            step,
-                            cfg.train.max_steps,
-                            last_loss,
-                            record["steps_per_s"],
-                            left,
-                        )
-                    window_start, window_steps = time.perf_counter(), 0
-                stop_now = stop.signum is not None
-                if distributed:
-                    import torch.distributed as dist
+                window_start, window_steps = time.perf_counter(), 0
+            stop_now = stop.signum is not None
+            if distributed:
+                import torch.distributed as dist
 
-                    flag = torch.tensor([1.0 if stop_now else 0.0], device=device)
-                    dist.all_reduce(flag)
-                    stop_now = bool(flag.item() > 0)
-                if stop_now:
-                    interrupted = True
-                    save(step)
-                    break
-                if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
-                    save(step)
-        finally:  # every way out: the workers ignore SIGTERM, so they are ended here
-            _end_workers(batches)
+                flag = torch.tensor([1.0 if stop_now else 0.0], device=device)
+                dist.all_reduce(flag)
+                stop_now = bool(flag.item() > 0)
+            if stop_now:
+                interrupted = True
+                save(step)
+                break
+            if step % cfg.train.save_every == 0 and step < cfg.train.max_steps:
+                save(step)
         if not interrupted:
             save(step)
     if bar is not None:
