@@ -126,10 +126,8 @@ def _write_job_files(job: Any, result: Any, info: dict[str, Any], force: bool, s
             if side_tmp is not None:
                 side_tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             write_nifti_file(result.volume, out_tmp)
-            if job.output.exists() and not force:  # finished by another run meanwhile: rename nothing
-                raise OutputExistsError(f"{job.output}: exists already; pass --force to overwrite it")
-            for target, may_replace in targets[1:]:
-                if target.exists() and not may_replace and target not in ours:
+            for target, may_replace in targets:  # one appeared meanwhile (another run): rename nothing
+                if target.exists() and not may_replace:
                     raise OutputExistsError(f"{target}: exists already; pass --force to overwrite it")
             held = _hold_stop_signals(True)
     finally:
