@@ -457,6 +457,14 @@ class _WindowedDenoiser:
         return out
 
 
+def _checked_modality(modality: Any) -> str:
+    """``MR`` or ``CT`` from a modality given in any case; anything else is a MedidiffError."""
+    value = modality.upper() if isinstance(modality, str) else modality
+    if value not in ("MR", "CT"):
+        raise MedidiffError(f"modality (--modality) must be MR or CT, got {modality!r}")
+    return str(value)
+
+
 class Denoiser:
     """Keeps models loaded for many calls.
 
@@ -477,10 +485,7 @@ class Denoiser:
         Loading builds MONAI's U-Net (importing MONAI, about a second on a CPU) and reads the weights;
         a pipeline or a timing that should not pay for it inside its first call loads first.
         """
-        modality = modality.upper() if isinstance(modality, str) else modality
-        if modality not in ("MR", "CT"):
-            raise MedidiffError(f"modality must be MR or CT, got {modality!r}")
-        self._model_for(modality)
+        self._model_for(_checked_modality(modality))
 
     def _model_for(self, modality: str) -> Any:
         from medidiff.checkpoint import load_model
@@ -542,10 +547,8 @@ class Denoiser:
         from medidiff.io import guess_modality
 
         opts = DenoiseOptions(**{k: v for k, v in options.items() if v is not None or k == "sigma"})
-        if isinstance(modality, str):
-            modality = modality.upper()
-        if modality is not None and modality not in ("MR", "CT"):
-            raise MedidiffError(f"modality (--modality) must be MR or CT, got {modality!r}")
+        if modality is not None:
+            modality = _checked_modality(modality)
         modality = modality or volume.meta.modality or guess_modality(volume)
         opts = dataclasses.replace(opts, device="cuda" if self.device.type == "cuda" else "cpu").resolved(modality)
         opts = dataclasses.replace(opts, precision=resolve_precision(opts.precision, self.device))
