@@ -252,10 +252,12 @@ class PatchDataset(torch.utils.data.Dataset):
     @staticmethod
     def _check_magnitude(entry: dict[str, Any]) -> None:
         """An MR training scan must be a magnitude image; CT in HU (or normalized data) is refused."""
+        from medidiff.transforms import MR_MAX_NEGATIVE_SHARE, negative_share
+
         image = np.asarray(entry["image"])
         finite = image[np.isfinite(image)]
-        negative = np.count_nonzero(finite < 0) / max(finite.size, 1)
-        if negative > 0.05:  # the rule medidiff denoise applies to MR
+        negative = negative_share(finite)
+        if negative > MR_MAX_NEGATIVE_SHARE:  # the rule medidiff denoise applies to MR
             raise ConfigError(
                 f"{entry['name']}: {negative:.1%} of its voxels are negative, which an MR magnitude image "
                 "cannot be (CT in HU? set data.modality: CT, or train MR and CT models separately)"

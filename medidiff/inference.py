@@ -619,7 +619,7 @@ class Denoiser:
         from medidiff.noise import estimate_sigma
         from medidiff.sampling import get_sampler, randn_like
         from medidiff.schedule import KarrasSchedule
-        from medidiff.transforms import fit_normalization
+        from medidiff.transforms import MR_MAX_NEGATIVE_SHARE, fit_normalization, negative_share
 
         finite = np.isfinite(data)
         if not finite.any():
@@ -634,8 +634,8 @@ class Denoiser:
                 "an MR volume with (almost) no positive intensities is not a magnitude image; "
                 "medidiff denoises MR magnitude and CT in HU (pass --modality CT for CT)"
             )
-        negative = np.count_nonzero(filled < 0) / filled.size
-        if modality == "MR" and negative > 0.05:
+        negative = negative_share(filled)
+        if modality == "MR" and negative > MR_MAX_NEGATIVE_SHARE:
             # magnitude images are never negative: clipping a z-scored or mean-centred scan at 0 would
             # flatten it, so refuse (a few negatives, from interpolation ringing, are clipped)
             raise MedidiffError(
