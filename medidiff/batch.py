@@ -5,7 +5,7 @@ Names follow inputs: ``scan.nii.gz`` -> ``OUT/scan.nii.gz``; a DICOM folder ``se
 ``dataset_description.json``), outputs keep their relative paths under ``OUT`` with a
 ``desc-denoised`` entity (``sub-01_desc-denoised_T1w.nii.gz``) and ``OUT`` gets its own
 ``dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``). Every file is written
-to a temporary name and a scan's map, sidecar and output are renamed together, the output last, so
+to a temporary name and a scan's sidecar, map and output are renamed together, the output last, so
 an output that exists is finished: a rerun skips it unless ``force``,
 so an interrupted batch continues where it stopped, with or without sidecars. A failing input is
 reported and skipped; the others are still processed.
@@ -68,11 +68,11 @@ def own_sidecar(output: Path) -> dict[str, Any] | None:
 def leftovers_of_unfinished_job(job: Job) -> set[Path]:
     """Files an earlier, unfinished run of ``job`` left beside its missing output: ours to replace.
 
-    A job writes its uncertainty map, sidecar and output to temporary files and renames them together,
-    the output last; a run killed outright in the instant between those renames, or an output deleted
-    afterwards, can leave the first two. They are recognized by the sidecar: a JSON object written by medidiff for this
-    output's name, which also names the uncertainty map. Nothing is ours while the output exists,
-    and a JSON file of that name that medidiff did not write (a BIDS sidecar) never is.
+    A job writes its uncertainty map, sidecar and output to temporary files and renames them
+    together (sidecar, map, output); a crash between those renames, or an output deleted afterwards,
+    can leave the sidecar and the map. They are recognized by the sidecar (:func:`own_sidecar`),
+    which names the map. Nothing is ours while the output exists, and a JSON file of that name that
+    medidiff did not write (a BIDS sidecar) never is.
     """
     sidecar = sidecar_path(job.output)
     info = own_sidecar(job.output) if not job.output.exists() else None

@@ -321,7 +321,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = safe_load_strict(value_text) if value_text.strip() else ""
     except (yaml.YAMLError, RecursionError, DuplicateKeyError, ValueError, TypeError, OverflowError):
-        value = value_text  # not YAML data (e.g. 2024-13-01, which YAML takes for a bad date): the text
+        value = value_text  # not YAML data (e.g. !!int abc): the text as given
     return keys, value
 
 
@@ -439,7 +439,7 @@ def _read_mapping(p: Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid YAML{line}; check the indentation and colons") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a text file; give a YAML config") from None
-    except (ValueError, TypeError, OverflowError) as exc:  # a value YAML cannot build (a date like 2024-13-01)
+    except (ValueError, TypeError, OverflowError) as exc:  # a value YAML cannot build (e.g. !!int abc)
         raise ConfigError(f"{p}: a value cannot be read ({exc}); quote it to keep it as text") from None
     except RecursionError:
         raise ConfigError(f"{p}: nested too deeply to be a medidiff config") from None

@@ -93,7 +93,6 @@ def _datalist(path: Path, split: Literal["training", "validation"]) -> list[Item
         ):
             raise ConfigError(f'{path}: entry {n} of "{split}": "image" and "target" must be file names (text)')
         image = str((path.parent / entry["image"]).resolve())
-        target = entry.get("target")
         items.append(Item(image, str((path.parent / target).resolve()) if target else None))
     return items
 
