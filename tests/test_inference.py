@@ -441,3 +441,27 @@ def test_api_keeps_the_nibabel_image_class_and_takes_the_modality_in_any_case(ti
     with pytest.raises(MedidiffError, match="MR or CT"):
         denoise(arr, model=str(tiny_model), device="cpu", modality="PET")
     Denoiser(model=str(tiny_model), device="cpu").load("mr")  # the same in Denoiser.load
+
+
+@pytest.mark.parametrize("padding", [-3024.0, -2048.0])
+def test_ct_padding_outside_the_field_of_view_comes_back_and_costs_nothing_inside(padding: float) -> None:
+    """Scanners store voxels outside the reconstruction circle as -3024 or -2048 HU."""
+    from medidiff.phantom import head_phantom
+
+    shape = (48, 48, 16)
+    clean = head_phantom(shape, seed=0) * 1400.0 - 1000.0  # air -1000 HU, tissue up to 400
+    noisy = (clean + np.random.default_rng(0).normal(0.0, 40.0, shape)).astype(np.float32)
+    xx, yy = np.meshgrid(np.arange(48), np.arange(48), indexing="ij")
+    outside = np.broadcast_to((((xx - 23.5) ** 2 + (yy - 23.5) ** 2) > 22**2)[..., None], shape)
+    padded = noisy.copy()
+    padded[outside] = padding
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    den = Denoiser(model="ct", device="cpu")
+    plain = den.denoise(noisy, affine=affine, modality="CT")
+    result = den.denoise(padded, affine=affine, modality="CT")
+    assert np.abs(result[outside] - padding).max() < 0.5  # measured 0.0006-0.0012 HU
+    inside = ~outside
+    error_plain = np.abs(plain - clean)[inside].mean()
+    error_padded = np.abs(result - clean)[inside].mean()
+    assert error_padded < 1.1 * error_plain, (error_padded, error_plain)  # measured 13.5 against 14.4 HU
+    assert error_padded < 0.6 * np.abs(noisy - clean)[inside].mean()
