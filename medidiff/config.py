@@ -23,6 +23,8 @@ import yaml
 from medidiff.errors import ConfigError
 from medidiff.files import expand_user
 
+MAX_ZOOM = 4.0  # data.zoom_max: a training patch is cut from at least a quarter of its size per axis
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -30,7 +32,9 @@ class DataConfig:
 
     ``train``/``val``: a folder (searched recursively for NIfTI files and DICOM series; a BIDS root
     works), a glob, a list of paths, or an MSD-style datalist JSON. An entry of a datalist may carry
-    ``"target"`` (a clean scan) to train on real noisy/clean pairs.
+    ``"target"`` (a clean scan) to train on real noisy/clean pairs. ``zoom_fraction`` of the clean
+    patches are cut smaller and enlarged to the patch size (each axis by a factor drawn in [1,
+    ``zoom_max``]), so the network also sees anatomy on grids finer than the training scans'.
     """
 
     train: str | list[str] = ""
@@ -40,6 +44,8 @@ class DataConfig:
     synthetic_phantoms: int = 0
     target_cleanup: Literal["none", "nlm", "nlm-blockwise", "recorrupt"] = "none"
     mask_fraction: float = 0.0
+    zoom_fraction: float = 0.0
+    zoom_max: float = 1.0
     foreground_fraction: float = 0.9
     skip_unreadable: bool = False
     num_workers: int = 0
@@ -274,6 +280,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "data.mask_fraction needs clean targets to zero before the noise is added; "
             'recorrupt targets keep their own noise: set target_cleanup to "nlm" or mask_fraction to 0'
+        )
+    if not 0.0 <= cfg.data.zoom_fraction <= 1.0:
+        raise ConfigError(f"data.zoom_fraction must lie in [0, 1], got {cfg.data.zoom_fraction}")
+    if not 1.0 <= cfg.data.zoom_max <= MAX_ZOOM:
+        raise ConfigError(f"data.zoom_max must lie in [1, {MAX_ZOOM:g}] (1: off), got {cfg.data.zoom_max}")
+    if cfg.data.zoom_fraction > 0 and cfg.data.target_cleanup == "recorrupt":
+        raise ConfigError(
+            "data.zoom_fraction enlarges clean targets before the noise is added; recorrupt targets keep "
+            'their own noise, which zooming would smooth: set target_cleanup to "nlm" or zoom_fraction to 0'
         )
     if not 0.0 <= cfg.noise.scan_fraction <= 1.0:
         raise ConfigError("noise.scan_fraction must lie in [0, 1]")

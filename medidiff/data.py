@@ -152,12 +152,28 @@ def _load_item(item: Item) -> list[dict[str, Any]]:
     return out
 
 
+def zoom_in(patch: torch.Tensor, rng: np.random.Generator, zoom_max: float) -> torch.Tensor:
+    """A random sub-block of ``patch`` (C, X, Y, Z) enlarged trilinearly to the patch's size.
+
+    Each axis is enlarged by its own factor drawn uniformly in [1, ``zoom_max``], so the result shows
+    the anatomy as a scan with that much finer voxels would (in-plane only, through-plane only, or both).
+    """
+    size = patch.shape[1:]
+    factors = rng.uniform(1.0, zoom_max, size=3)
+    sub = [max(2, int(round(n / f))) for n, f in zip(size, factors, strict=True)]
+    start = [int(rng.integers(n - s + 1)) for n, s in zip(size, sub, strict=True)]
+    block = patch[:, start[0] : start[0] + sub[0], start[1] : start[1] + sub[1], start[2] : start[2] + sub[2]]
+    enlarged = torch.nn.functional.interpolate(block[None], size=tuple(size), mode="trilinear", align_corners=False)
+    return enlarged[0].contiguous()
+
+
 class PatchDataset(torch.utils.data.Dataset):
     """Random patches from scans loaded and normalized once; sample ``i`` is a pure function of ``i``.
 
     Each sample is a dict with ``x0`` (1, X, Y, Z) clean patch and, for real pairs, ``noisy``; with
     ``target_cleanup="recorrupt"``, ``x0`` keeps the scan's noise and ``own_sigma`` gives its std.
-    A share ``mask_fraction`` of the patches is zeroed outside a random mask
+    A share ``zoom_fraction`` of the patches is cut smaller and enlarged (:func:`zoom_in`), as in
+    scans with finer voxels; a share ``mask_fraction`` is zeroed outside a random mask
     (:mod:`medidiff.masking`), as in skull-stripped or defaced scans.
     """
 
@@ -173,6 +189,8 @@ class PatchDataset(torch.utils.data.Dataset):
         target_cleanup: Literal["none", "nlm", "nlm-blockwise", "recorrupt"] = "none",
         mask_fraction: float = 0.0,
         source: str = "data.train",
+        zoom_fraction: float = 0.0,
+        zoom_max: float = 1.0,
     ) -> None:
         from medidiff.transforms import training_transforms
 
@@ -190,6 +208,9 @@ class PatchDataset(torch.utils.data.Dataset):
             raise ConfigError("data.mask_fraction zeroes clean targets before synthetic noise; set it to 0 for pairs")
         self.recorrupt = target_cleanup == "recorrupt"
         self.mask_fraction = float(mask_fraction)
+        if paired and zoom_fraction > 0:
+            raise ConfigError("data.zoom_fraction enlarges clean targets before synthetic noise; set it to 0 for pairs")
+        self.zoom_fraction, self.zoom_max = float(zoom_fraction), float(zoom_max)
         deterministic, self.augment = training_transforms(
             modality, patch_size, foreground_fraction, paired, target_cleanup
         )
@@ -236,6 +257,8 @@ class PatchDataset(torch.utils.data.Dataset):
             cfg.data.target_cleanup,
             cfg.data.mask_fraction if training else 0.0,
             source=f"data.train ({cfg.data.train})" if training else f"data.val ({cfg.data.val})",
+            zoom_fraction=cfg.data.zoom_fraction if training else 0.0,
+            zoom_max=cfg.data.zoom_max,
         )
 
     @staticmethod
@@ -293,6 +316,8 @@ class PatchDataset(torch.utils.data.Dataset):
                 np.asarray(patch["target" if self.paired else "image"]), dtype=torch.float32
             )
         }
+        if self.zoom_fraction > 0 and rng.random() < self.zoom_fraction:
+            out["x0"] = zoom_in(out["x0"], rng, self.zoom_max)
         if self.mask_fraction > 0 and rng.random() < self.mask_fraction:
             from medidiff.masking import zero_outside_mask
 
