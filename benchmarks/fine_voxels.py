@@ -3,11 +3,11 @@
 Usage:
     python benchmarks/fine_voxels.py write OUT_DIR [--data-dir DIR]
     python benchmarks/fine_voxels.py sweep SCAN FACTOR [--reference-noise HU] [--level HU]
-                                     [--scales 1 1.2 1.4 1.7] [--anchors]
-    python benchmarks/fine_voxels.py mr FACTOR [--levels 5 9] [--anchors]
+                                     [--scales 1 1.2 1.4 1.7] [--seed 7] [--anchors] [--data-dir DIR]
+    python benchmarks/fine_voxels.py mr FACTOR [--levels 5 9] [--anchors] [--data-dir DIR]
 
 ``write``: the chest CTA (1.5 mm) with its in-plane axes upsampled 2x by cubic interpolation
-(0.75 x 0.75 x 1.5 mm, 240x252x164, the affine scaled to match), for benchmarks/fine_voxels_ct.yaml.
+(0.747 x 0.747 x 1.5 mm, 240x252x164: scipy's zoom keeps the corner voxels), for benchmarks/fine_voxels_ct.yaml.
 
 ``sweep``: the middle 56 axial slices of SCAN (a reference file name) upsampled FACTOR x in-plane;
 with ``--reference-noise`` a first projection-domain low-dose simulation at that level becomes the
@@ -59,9 +59,10 @@ def upsample_in_plane(img: nib.Nifti1Image, factor: float, slab: int | None = No
         data = data[:, :, start : start + slab]
         affine[:3, 3] += affine[:3, 2] * start
     if factor != 1:
+        before = data.shape
         data = zoom(data, (factor, factor, 1), order=3).astype(np.float32)
-        affine[:3, 0] /= factor
-        affine[:3, 1] /= factor  # voxel 0 stays where it was (scipy's zoom maps the corner voxels)
+        for axis in (0, 1):  # scipy's zoom maps the corner voxels onto each other: voxel 0 stays put
+            affine[:3, axis] *= (before[axis] - 1) / (data.shape[axis] - 1)
     return data, affine
 
 
@@ -102,11 +103,11 @@ def sweep(args: argparse.Namespace) -> None:
     if args.anchors:
         for name, method in (("DIPY NLM (classic)", _nlmeans), ("BM4D", _bm4d)):
             try:
-                out = method(noisy, sigma, True, ClassicalSettings())
+                anchor = method(noisy, sigma, True, ClassicalSettings())
             except ImportError as exc:
                 print(f"{name}: skipped ({exc})")
                 continue
-            print(f"{name}: {_score(reference, out, mask)}")
+            print(f"{name}: {_score(reference, anchor, mask)}")
 
 
 def mr(args: argparse.Namespace) -> None:
@@ -114,9 +115,10 @@ def mr(args: argparse.Namespace) -> None:
     centre = [n // 2 for n in data.shape]
     x = data[tuple(slice(c - h, c + h) for c, h in zip(centre, (64, 64, 24), strict=True))]
     x = x / np.percentile(x, 99.9)
+    before = x.shape
     if args.factor != 1:
         x = np.clip(zoom(x, args.factor, order=3), 0, None).astype(np.float32)
-    affine = np.diag([1.0 / args.factor] * 3 + [1.0])
+    affine = np.diag([(n - 1) / (m - 1) for n, m in zip(before, x.shape, strict=True)] + [1.0])
     mask = metrics.foreground_mask(x, "MR")
     den = Denoiser(model="mr", device="cpu")
 

@@ -48,6 +48,8 @@ DEFAULT_BLEND = {"MR": 0.0, "CT": 0.1}
 # the noise level the network is told, as a multiple of the estimate (or --sigma), by modality: on
 # unseen brains the MR model removes more of the noise when told 10 % more; docs/design.md, section 4
 DEFAULT_NETWORK_SIGMA_SCALE = {"MR": 1.1, "CT": 1.0}
+CT_PADDING_BELOW = -1100.0  # HU: air is -1000; a noisy air voxel may lie lower, but not many at one exact value
+CT_PADDING_MIN_SHARE = 0.001  # of the voxels, for the lowest value to count as padding
 # noise left in the finest detail after guided averaging, as a fraction of sigma, by modality: detail
 # no stronger than it is smoothed away (medidiff.refine.shrink_faint_detail); MR only, measured in
 # docs/design.md, section 4 ("Faint detail")
@@ -263,6 +265,22 @@ def check_memory(
             f"volume {shape} needs about {need / 2**30:.1f} GiB of memory but {free / 2**30:.1f} GiB is free; "
             f"{remedy}"
         )
+
+
+def ct_padding(data: np.ndarray, finite: np.ndarray) -> np.ndarray | None:
+    """Where a CT holds the padding scanners store outside the reconstruction circle, or None.
+
+    Padding is the volume's lowest value, below ``CT_PADDING_BELOW`` HU (no tissue or air lies
+    there; -3024 and -2048 are common) and held by at least ``CT_PADDING_MIN_SHARE`` of the voxels.
+    It is filled with air for the noise estimate and the network and put back unchanged afterwards:
+    left in, its step to the tissue inside the circle raised the noise estimate and cost up to
+    0.3 dB there.
+    """
+    low = float(np.min(data, where=finite, initial=np.inf))
+    if not low < CT_PADDING_BELOW:
+        return None
+    padding = finite & (data == low)
+    return padding if padding.sum() >= CT_PADDING_MIN_SHARE * data.size else None
 
 
 def _fill_value(modality: str) -> float:
@@ -624,7 +642,9 @@ class Denoiser:
         finite = np.isfinite(data)
         if not finite.any():
             raise MedidiffError("the volume holds no finite value (all NaN or Inf); nothing to denoise")
-        filled = np.where(finite, data, _fill_value(modality)).astype(np.float32)
+        padding = ct_padding(data, finite) if modality == "CT" else None
+        valid = finite if padding is None else finite & ~padding
+        filled = np.where(valid, data, _fill_value(modality)).astype(np.float32)
         if float(filled.max()) == float(filled.min()):
             return data.copy(), np.zeros_like(data), 0.0, "constant volume returned unchanged"
         if modality == "MR" and np.count_nonzero(filled > 0) < 0.001 * filled.size:
@@ -689,8 +709,11 @@ class Denoiser:
             mean = (1.0 - opts.blend) * mean + opts.blend * y[0, 0].numpy()
         mean = norm.denormalize(mean)
         spread = runs.std * (norm.scale * (1.0 - (opts.blend or 0.0)))
-        mean = np.where(finite, mean, data)  # NaN/Inf stay where they were
-        return mean.astype(np.float32), spread.astype(np.float32), float(sigma_y * norm.scale), ""
+        mean = np.where(valid, mean, data)  # NaN/Inf and padding stay where they were
+        note = ""
+        if padding is not None:
+            note = f"{int(padding.sum())} voxels of padding ({float(data[padding][0]):g} HU) kept as they were"
+        return mean.astype(np.float32), spread.astype(np.float32), float(sigma_y * norm.scale), note
 
 
 _DEFAULT: dict[str, Denoiser] = {}

@@ -444,24 +444,41 @@ def test_api_keeps_the_nibabel_image_class_and_takes_the_modality_in_any_case(ti
 
 
 @pytest.mark.parametrize("padding", [-3024.0, -2048.0])
-def test_ct_padding_outside_the_field_of_view_comes_back_and_costs_nothing_inside(padding: float) -> None:
+def test_ct_padding_outside_the_field_of_view_comes_back_and_costs_little_inside(padding: float) -> None:
     """Scanners store voxels outside the reconstruction circle as -3024 or -2048 HU."""
     from medidiff.phantom import head_phantom
 
     shape = (48, 48, 16)
-    clean = head_phantom(shape, seed=0) * 1400.0 - 1000.0  # air -1000 HU, tissue up to 400
+    clean = head_phantom(shape, seed=0) * 1400.0 - 1000.0  # air -1000 HU, tissue up to about 200
     noisy = (clean + np.random.default_rng(0).normal(0.0, 40.0, shape)).astype(np.float32)
     xx, yy = np.meshgrid(np.arange(48), np.arange(48), indexing="ij")
     outside = np.broadcast_to((((xx - 23.5) ** 2 + (yy - 23.5) ** 2) > 22**2)[..., None], shape)
     padded = noisy.copy()
     padded[outside] = padding
-    affine = np.diag([0.8, 0.8, 2.0, 1.0])
     den = Denoiser(model="ct", device="cpu")
-    plain = den.denoise(noisy, affine=affine, modality="CT")
-    result = den.denoise(padded, affine=affine, modality="CT")
-    assert np.abs(result[outside] - padding).max() < 0.5  # measured 0.0006-0.0012 HU
+    # the true sigma: this phantom's flat tissue makes the estimate far too high, which would hide the cost
+    plain = den.denoise_volume(Volume.from_array(noisy, np.diag([0.8, 0.8, 2.0, 1.0])), modality="CT", sigma=40.0)
+    result = den.denoise_volume(Volume.from_array(padded, np.diag([0.8, 0.8, 2.0, 1.0])), modality="CT", sigma=40.0)
+    out = result.volume.data[0]
+    assert np.array_equal(out[outside], padded[outside])  # put back unchanged
+    assert any("padding" in note for note in result.info["notes"])
     inside = ~outside
-    error_plain = np.abs(plain - clean)[inside].mean()
-    error_padded = np.abs(result - clean)[inside].mean()
-    assert error_padded < 1.1 * error_plain, (error_padded, error_plain)  # measured 13.5 against 14.4 HU
-    assert error_padded < 0.6 * np.abs(noisy - clean)[inside].mean()
+    error_plain = np.abs(plain.volume.data[0] - clean)[inside].mean()
+    error_padded = np.abs(out - clean)[inside].mean()
+    # measured 18.3 against 17.4 HU for both paddings (left in the network's input: 21.4 and 19.9)
+    assert error_padded < 1.1 * error_plain, (error_padded, error_plain)
+
+
+def test_ct_padding_is_the_lowest_value_far_below_air_and_held_by_many_voxels() -> None:
+    from medidiff.inference import ct_padding
+
+    rng = np.random.default_rng(0)
+    air = (-1000.0 + rng.normal(0.0, 60.0, (40, 40, 10))).astype(np.float32)  # noisy air: a few voxels below -1100
+    finite = np.isfinite(air)
+    assert ct_padding(air, finite) is None  # its lowest value is one voxel, not padding
+    padded = air.copy()
+    padded[:5] = -3024.0
+    found = ct_padding(padded, finite)
+    assert found is not None and found.sum() == 5 * 40 * 10
+    padded[:5] = -1050.0  # below air but above the threshold: tissue-range data, not padding
+    assert ct_padding(padded, finite) is None
