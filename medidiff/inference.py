@@ -273,12 +273,13 @@ def ct_padding(data: np.ndarray, finite: np.ndarray) -> np.ndarray | None:
     Padding is the volume's lowest value, below ``CT_PADDING_BELOW`` HU (no tissue or air lies
     there; -3024 and -2048 are common) and held by at least ``CT_PADDING_MIN_SHARE`` of the voxels.
     It is filled with air for the noise estimate and the network and put back unchanged afterwards:
-    left in, its step to the tissue inside the circle raised the noise estimate and cost up to
-    0.3 dB there.
+    left in, it cost up to 0.15 dB inside the circle (docs/benchmarks.md, "CT padding outside the
+    field of view").
     """
-    low = float(np.min(data, where=finite, initial=np.inf))
-    if not low < CT_PADDING_BELOW:
+    values = data[finite]
+    if values.size == 0 or not float(values.min()) < CT_PADDING_BELOW:
         return None
+    low = values.min()
     padding = finite & (data == low)
     return padding if padding.sum() >= CT_PADDING_MIN_SHARE * data.size else None
 

@@ -482,3 +482,7 @@ def test_ct_padding_is_the_lowest_value_far_below_air_and_held_by_many_voxels() 
     assert found is not None and found.sum() == 5 * 40 * 10
     padded[:5] = -1050.0  # below air but above the threshold: tissue-range data, not padding
     assert ct_padding(padded, finite) is None
+    stored = np.full((20, 20, 8), -1000, dtype=np.int16)  # integer arrays, as scanners store them
+    stored[:4] = -2048
+    found = ct_padding(stored, np.ones(stored.shape, dtype=bool))
+    assert found is not None and found.sum() == 4 * 20 * 8
