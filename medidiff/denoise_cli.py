@@ -119,8 +119,9 @@ def _write_job_files(job: Any, result: Any, info: dict[str, Any], force: bool, s
                 targets.append((job.uncertainty, unc_force))
             side_tmp = None
             if sidecar:
-                side_tmp = stack.enter_context(atomic_path(side, force=force or side in ours))
-                targets.append((side, force or side in ours))
+                side_force = force or side in ours
+                side_tmp = stack.enter_context(atomic_path(side, force=side_force))
+                targets.append((side, side_force))
             if map_tmp is not None:
                 write_nifti_file(result.uncertainty, map_tmp)
             if side_tmp is not None:

@@ -277,9 +277,9 @@ def ct_padding(data: np.ndarray, finite: np.ndarray) -> np.ndarray | None:
     field of view").
     """
     values = data[finite]
-    if values.size == 0 or not float(values.min()) < CT_PADDING_BELOW:
+    low = values.min() if values.size else None
+    if low is None or not float(low) < CT_PADDING_BELOW:
         return None
-    low = values.min()
     padding = finite & (data == low)
     return padding if padding.sum() >= CT_PADDING_MIN_SHARE * data.size else None
 

@@ -22,12 +22,12 @@ MR_PERCENTILE = 99.9
 # magnitude MR has no negative voxels, bar a few from interpolation ringing: a larger share means a
 # normalized or mean-centred scan, or CT in HU (refused by denoise and by MR training alike)
 MR_MAX_NEGATIVE_SHARE = 0.05
+CT_LOW, CT_HIGH = -1000.0, 1000.0
 
 
 def negative_share(values: np.ndarray) -> float:
     """The share of ``values`` below 0 (0 for an empty array)."""
     return float(np.count_nonzero(values < 0)) / max(values.size, 1)
-CT_LOW, CT_HIGH = -1000.0, 1000.0
 
 
 @dataclass(frozen=True)
