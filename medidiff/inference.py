@@ -35,16 +35,17 @@ from medidiff.volume import Volume
 
 MIN_SIZE = 8
 # deterministic steps by modality, chosen on the benchmark (docs/benchmarks.md): one step is as good
-# as three on MR; on CT three steps are better, most of all when the estimated sigma is high
-DEFAULT_STEPS = {"MR": 1, "CT": 3}
+# as three on MR; on CT one step with a larger blend (below) matched or beat three steps with a tenth
+# on the chest at 0.75-1.5 mm, in about 2/5 of the time (docs/design.md, section 4, "CT: one step")
+DEFAULT_STEPS = {"MR": 1, "CT": 1}
 DEFAULT_SAMPLER = "euler"
 # guided averaging radius in voxels by modality (medidiff.refine: a ball, 203 voxels for MR, 123 for
 # CT), on for both; measured in docs/design.md, section 4
 DEFAULT_GUIDED_RADIUS = {"MR": refine.RADIUS, "CT": 3.0}
 MAX_GUIDED_RADIUS = 5.0
-# share of the input blended back into the output by modality: CT keeps a tenth of the scan, a light
+# share of the input blended back into the output by modality: CT keeps 15 % of the scan, a light
 # version of the blending with FBP that CT readers know; measured in docs/design.md, section 4
-DEFAULT_BLEND = {"MR": 0.0, "CT": 0.1}
+DEFAULT_BLEND = {"MR": 0.0, "CT": 0.15}
 # the noise level the network is told, as a multiple of the estimate (or --sigma), by modality: on
 # unseen brains the MR model removes more of the noise when told 10 % more; docs/design.md, section 4
 DEFAULT_NETWORK_SIGMA_SCALE = {"MR": 1.1, "CT": 1.0}
@@ -88,7 +89,7 @@ class DenoiseOptions:
     Attributes:
         sigma: noise std in the scan's own units (HU for CT); None estimates it.
         steps: steps along the reverse process (1: the single-step estimate); Heun evaluates the
-            denoiser twice per step except the last. None: 1 for MR, 3 for CT (``DEFAULT_STEPS``),
+            denoiser twice per step except the last. None: 1 (``DEFAULT_STEPS``),
             4 for the ancestral sampler.
         sampler: ``euler`` / ``heun`` (deterministic) or ``ancestral`` (stochastic).
         samples: number of runs averaged; > 1 also gives the voxelwise standard deviation.
@@ -102,7 +103,7 @@ class DenoiseOptions:
             0-1, 0 turns it off). None: 0.05 for MR, 0 for CT (``DEFAULT_DETAIL_FLOOR``), and 0 when
             guided averaging is off.
         blend: share ``F`` of the input in the output, ``(1 - F) * denoised + F * input`` (0-1). None:
-            0 for MR, 0.1 for CT (``DEFAULT_BLEND``).
+            0 for MR, 0.15 for CT (``DEFAULT_BLEND``).
         strength: extra re-noising before the reverse process, as a fraction of the network's sigma
             (SDEdit).
         network_sigma_scale: the network is told ``sigma`` times this (0.5-2); guided averaging and

@@ -237,14 +237,19 @@ def test_fp32_true_sigma_and_classic_nlm_rows(tmp_path: Path, monkeypatch: pytes
     for row in rows:
         names.setdefault((row["case"], row["noise_level"]), []).append(row["method"])
     assert names[("mr_tiny", 3.0)] == ["noisy", *methods]
-    # CT's nlmeans is DIPY's classic method already (configs/benchmark.yaml): no repeated row
-    assert names[("ct_tiny", 40.0)] == ["noisy", *methods[:-1]]
+    assert names[("ct_tiny", 40.0)] == ["noisy", *methods]  # DIPY's default (blockwise) for CT too
     by = {(r["case"], r["noise_level"], r["method"]): r for r in rows}
     # only medidiff-sigma is handed the true sigma; the others estimate it
     assert by[("mr_tiny", 3.0, "medidiff-sigma")]["sigma_est"] == pytest.approx(0.03)
     assert by[("mr_tiny", 3.0, "medidiff")]["sigma_est"] == pytest.approx(0.042)
     assert by[("mr_tiny", 3.0, "medidiff")]["psnr"] != by[("mr_tiny", 3.0, "medidiff-fp32")]["psnr"]
     assert by[("mr_tiny", 3.0, "nlmeans")]["psnr"] != by[("mr_tiny", 3.0, "nlmeans-classic")]["psnr"]
+    assert by[("ct_tiny", 40.0, "nlmeans")]["psnr"] != by[("ct_tiny", 40.0, "nlmeans-classic")]["psnr"]
+
+    # where nlmeans is set to the classic method, the classic row would repeat it and is skipped
+    classic = _config(tmp_path / "data", methods, isolate=False, classical={"nlmeans_method_ct": "classic"})
+    rows = benchmark.run_benchmark(classic, tmp_path / "out-classic").rows
+    assert [r["method"] for r in rows if r["case"] == "ct_tiny"] == ["noisy", *methods[:-1]]
 
 
 def test_the_model_is_loaded_in_the_setup_not_in_the_timed_call(tmp_path: Path) -> None:
@@ -358,9 +363,11 @@ def test_quick_run_on_reference_scans(tmp_path: Path, monkeypatch: pytest.Monkey
     for row in rows:
         assert "error" not in row, row
         assert row["psnr"] is not None and 0 < row["ssim"] <= 1
-        if row["method"] in ("nlmeans", "tv"):
-            noisy = next(r for r in rows if r["case"] == row["case"] and r["method"] == "noisy")
+        noisy = next(r for r in rows if r["case"] == row["case"] and r["method"] == "noisy")
+        if row["method"] == "tv" or (row["method"] == "nlmeans" and row["case"] == "mr_colin27_t1"):
             assert row["psnr"] > noisy["psnr"], row
+        elif row["method"] == "nlmeans":  # DIPY's blockwise NLM smooths the chest CTA beyond its noise
+            assert noisy["psnr"] - 4 < row["psnr"] < noisy["psnr"], row  # (docs/evaluation.md)
     mr_noisy = next(r for r in rows if r["case"] == "mr_colin27_t1" and r["method"] == "noisy")
     assert mr_noisy["shape"] == "64x64x64" and mr_noisy["sigma_true"] == pytest.approx(0.05)
     ct_noisy = next(r for r in rows if r["case"] == "ct_chest_cta" and r["method"] == "noisy")

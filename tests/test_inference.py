@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import write_phantom
 
+import medidiff.inference
 from medidiff.errors import MedidiffError, ModelError
 from medidiff.inference import DenoiseOptions, Denoiser, denoise
 from medidiff.volume import Volume
@@ -126,13 +127,14 @@ def test_detail_floor_defaults_by_modality_and_follows_guided_averaging() -> Non
     assert DenoiseOptions(guided_radius=0, detail_floor=0.1).resolved("MR").detail_floor == 0.1
 
 
-def test_ct_default_blends_a_tenth_of_the_input_back(den: Denoiser) -> None:
+def test_ct_default_is_one_step_blending_15_percent_of_the_input_back(den: Denoiser) -> None:
     vol = _volume()
     ct = Volume.from_array(vol.data[0] * 2000.0 - 1000.0, vol.meta.affine, modality="CT")
-    net = den.denoise_volume(ct, blend=0.0)
-    result = den.denoise_volume(ct)
-    assert result.info["blend"] == 0.1 and result.info["guided_radius"] == 3.0
-    np.testing.assert_allclose(result.volume.data, 0.9 * net.volume.data + 0.1 * ct.data, rtol=1e-5, atol=1e-2)
+    net = den.denoise_volume(ct, blend=0.0, sigma=40.0)  # at 40 HU the network runs (no window skipped)
+    result = den.denoise_volume(ct, sigma=40.0)
+    assert result.info["blend"] == 0.15 and result.info["guided_radius"] == 3.0 and result.info["steps"] == 1
+    assert result.info["skipped_windows"] == 0
+    np.testing.assert_allclose(result.volume.data, 0.85 * net.volume.data + 0.15 * ct.data, rtol=1e-5, atol=1e-2)
     assert den.denoise_volume(vol).info["blend"] == 0.0  # MR: none
 
 
@@ -325,14 +327,19 @@ def test_bad_options_name_themselves(bad: dict) -> None:
         DenoiseOptions(**bad).resolved()
 
 
-def test_default_steps_follow_the_modality(den: Denoiser) -> None:
+def test_default_steps_follow_the_modality(den: Denoiser, monkeypatch: pytest.MonkeyPatch) -> None:
     assert DenoiseOptions().resolved().steps == 1
     assert DenoiseOptions().resolved("MR").steps == 1
-    assert DenoiseOptions().resolved("CT").steps == 3
-    assert DenoiseOptions(steps=2).resolved("CT").steps == 2
+    assert DenoiseOptions().resolved("CT").steps == 1
+    assert DenoiseOptions(steps=3).resolved("CT").steps == 3
     assert DenoiseOptions(sampler="ancestral").resolved("CT").steps == 4
     vol = _volume()
     ct = Volume.from_array(vol.data[0] * 2000.0 - 1000.0, vol.meta.affine, modality="CT")
+    three = den.denoise_volume(ct, steps=3, sigma=40.0)  # at 40 HU the network runs (no window skipped)
+    one = den.denoise_volume(ct, sigma=40.0)
+    assert three.info["steps"] == 3 and one.info["steps"] == 1 and one.info["skipped_windows"] == 0
+    assert not np.allclose(three.volume.data, one.volume.data, atol=0.01)
+    monkeypatch.setitem(medidiff.inference.DEFAULT_STEPS, "CT", 3)  # the table is per modality
     assert den.denoise_volume(ct).info["steps"] == 3
     assert den.denoise_volume(vol).info["steps"] == 1
 
