@@ -239,7 +239,7 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
                    help="re-noise to (1+S) x the level the network is told before the reverse process "
                         "(SDEdit): more smoothing")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="reverse-process steps; 1 is the single-step estimate (default: MR 1, CT 3, ancestral 4)")
+                   help="reverse-process steps; 1 is the single-step estimate (default: 1, ancestral 4)")
     p.add_argument("--sampler", choices=["euler", "heun", "ancestral"], default=None,
                    help="euler/heun are deterministic, ancestral stochastic (default euler; ancestral with --samples)")
     p.add_argument("--samples", type=_positive_int, default=1, help="average K stochastic runs")
@@ -249,7 +249,7 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
                    help="after the network, average the noisy scan over a ball of R voxels weighted by the "
                    "network's estimate and the scan's local means; 0 turns it off (default: MR 3.7, CT 3)")
     p.add_argument("--blend", type=_nonneg_float, default=None, metavar="F",
-                   help="keep a share F (0-1) of the input: (1 - F) x denoised + F x input (default: MR 0, CT 0.1)")
+                   help="keep a share F (0-1) of the input: (1 - F) x denoised + F x input (default: MR 0, CT 0.15)")
     p.add_argument("--detail-floor", type=_nonneg_float, default=None, metavar="F",
                    help="after guided averaging, smooth away the finest detail no stronger than F x sigma, 0-1 "
                    "(left-over noise in flat tissue); 0 turns it off (default: MR 0.05, CT 0)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -16,3 +17,21 @@ def test_output_piped_into_head_is_not_an_error(tmp_path: Path) -> None:
     )
     assert proc.stdout.startswith("path:")
     assert "error" not in proc.stderr, proc.stderr
+
+
+def test_denoise_help_states_the_defaults_the_denoiser_uses() -> None:
+    import medidiff.inference as inf
+    from medidiff.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: " ".join((a.help or "").split()) for a in sub.choices["denoise"]._actions}
+    steps = set(inf.DEFAULT_STEPS.values())
+    assert len(steps) == 1 and f"(default: {steps.pop()}, ancestral {inf.DEFAULT_STOCHASTIC_STEPS})" in helps["steps"]
+    tables = {
+        "blend": inf.DEFAULT_BLEND,
+        "guided_radius": inf.DEFAULT_GUIDED_RADIUS,
+        "detail_floor": inf.DEFAULT_DETAIL_FLOOR,
+        "network_sigma_scale": inf.DEFAULT_NETWORK_SIGMA_SCALE,
+    }
+    for dest, table in tables.items():
+        assert f"(default: MR {table['MR']:g}, CT {table['CT']:g})" in helps[dest], dest
