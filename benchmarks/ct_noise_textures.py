@@ -14,9 +14,9 @@ scoring) with noise of each level in HU:
   like the blotchy texture of iterative reconstruction or of resampled scans (seeded by the level).
 
 Each model runs medidiff's defaults (sigma estimated); ``--true-sigma`` adds a run of each given the
-added noise's std, as the anchors are. With ``--anchors`` DIPY's classic NLM (the
-benchmark's CT setting) and BM4D (when the optional ``bm4d`` package is installed) run too, given
-the realized noise std as the true sigma. docs/benchmarks.md quotes the output.
+added noise's std, as the anchors are. With ``--anchors`` DIPY's classic NLM (the benchmark's CT
+setting when these textures were measured) and BM4D (when the optional ``bm4d`` package is
+installed) run too, given the realized noise std as the true sigma. docs/benchmarks.md quotes the output.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 
 
 def main() -> None:
-    from medidiff.benchmark import _bm4d, _nlmeans, _score, load_benchmark_config, make_samples
+    from medidiff.benchmark import _bm4d, _nlmeans_classic, _score, load_benchmark_config, make_samples
     from medidiff.inference import Denoiser
     from medidiff.noise import add_ct_noise
     from medidiff.volume import Volume
@@ -60,7 +60,7 @@ def main() -> None:
         if args.true_sigma:
             methods[f"medidiff {spec}, true sigma"] = run_medidiff
     if args.anchors:
-        methods["DIPY NLM (classic)"] = lambda noisy, s: (_nlmeans(noisy, s, True, cfg.classical), "")
+        methods["DIPY NLM (classic)"] = lambda noisy, s: (_nlmeans_classic(noisy, s, True, cfg.classical), "")
         if importlib.util.find_spec("bm4d") is not None:
             methods["BM4D"] = lambda noisy, s: (
                 np.asarray(_bm4d(noisy, s, True, cfg.classical), np.float32).reshape(noisy.shape),
