@@ -121,7 +121,7 @@ class ClassicalSettings:
     method (2 blockwise, 5 classic). Both modalities default to DIPY's default ``blockwise`` method,
     the one users run; ``nlmeans-classic`` adds the classic method as a second row, and the better
     of the two is the anchor (blockwise loses on the 1.5 mm chest CTA, where it smooths HU-scale CT
-    far beyond its noise, and does well on the abdomen; docs/evaluation.md).
+    far beyond its noise; docs/evaluation.md).
     """
 
     tv_weight_factor: float = 0.5

@@ -95,7 +95,7 @@ def guided_loss(
     """The EDM loss, plus ``train.guided_loss_weight`` x the error of guided averaging steered by the estimate.
 
     Samples with the scan's noise model (``scan``) are denoised as ``medidiff denoise`` does in one
-    step (MR's default; CT's takes three and blends in the input, which this leaves out): the
+    step (the default; CT's also blends in the input, which this leaves out): the
     network is told the modality's ``network_sigma_scale`` x sigma, and guided averaging
     (:func:`medidiff.refine.guided_average_batch`, the modality's default radius) then averages the
     noisy patch with weights from that estimate. Their loss is the EDM loss at the level told plus
