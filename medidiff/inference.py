@@ -492,9 +492,18 @@ class Denoiser:
         model: a bundled name (``mr``, ``ct``), a run folder or an exported ``.safetensors`` file;
             None picks the bundled model for each scan's modality.
         device: ``auto``, ``cpu`` or ``cuda``.
+        reuse_memory: let glibc's malloc keep freed memory for the next window batch
+            (:func:`medidiff.allocator.keep_freed_memory`, process-wide; a quarter less time on a
+            CPU). False leaves the process's allocator as it is.
     """
 
-    def __init__(self, model: str | os.PathLike[str] | None = None, device: str = "auto") -> None:
+    def __init__(
+        self, model: str | os.PathLike[str] | None = None, device: str = "auto", *, reuse_memory: bool = True
+    ) -> None:
+        if reuse_memory:
+            from medidiff.allocator import keep_freed_memory
+
+            keep_freed_memory()
         self.model_spec = model
         self.device = pick_device(device)
         self._loaded: dict[str | None, Any] = {}
