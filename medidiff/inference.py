@@ -493,8 +493,8 @@ class Denoiser:
             None picks the bundled model for each scan's modality.
         device: ``auto``, ``cpu`` or ``cuda``.
         reuse_memory: let glibc's malloc keep freed memory for the next window batch
-            (:func:`medidiff.allocator.keep_freed_memory`, process-wide; a quarter less time on a
-            CPU). False leaves the process's allocator as it is.
+            (:func:`medidiff.allocator.keep_freed_memory`, process-wide; up to a quarter less time
+            for a fresh process's first call on a CPU). False leaves the process's allocator as it is.
     """
 
     def __init__(

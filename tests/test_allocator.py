@@ -58,3 +58,14 @@ def test_denoiser_applies_it_unless_told_not_to(monkeypatch: pytest.MonkeyPatch)
     assert calls == []
     Denoiser(device="cpu")
     assert calls == [1]
+
+
+def test_left_alone_where_the_environment_tunes_malloc_or_not_on_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072")
+    assert medidiff.allocator._apply() is False
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert medidiff.allocator._apply() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    monkeypatch.setattr(medidiff.allocator.sys, "platform", "darwin")
+    assert medidiff.allocator._apply() is False
