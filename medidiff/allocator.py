@@ -55,15 +55,23 @@ def _user_tuned() -> bool:
     return any(name.startswith("MALLOC_") or name == "GLIBC_TUNABLES" for name in os.environ)
 
 
-def _apply() -> bool:
-    if not sys.platform.startswith("linux") or _user_tuned():
-        return False
+def _glibc() -> ctypes.CDLL | None:
+    """The process's C library where it is glibc (with ``mallopt``), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL(None)
     except OSError:
-        return False
+        return None
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
-        return False  # musl and others: mallopt is absent or a stub
+        return None  # musl and others: mallopt is absent or a stub
+    return libc
+
+
+def _apply() -> bool:
+    libc = None if _user_tuned() else _glibc()
+    if libc is None:
+        return False
     mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

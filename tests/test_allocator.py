@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import pytest
 import medidiff.allocator
 from medidiff.inference import Denoiser
 
-GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+GLIBC = medidiff.allocator._glibc() is not None
 
 # a pattern like the U-Net's window batches: buffers of 1-16 MiB allocated, freed, allocated again
 _FAULTS = textwrap.dedent(
