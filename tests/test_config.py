@@ -225,11 +225,19 @@ def test_the_stage_presets_build_on_stage_7() -> None:
     stage7 = load_config(REPO / "configs" / "mri-stage7.yaml")
     later = sorted(n for n in range(8, 100) if (REPO / "configs" / f"mri-stage{n}.yaml").is_file())
     assert later[:3] == [8, 9, 10]
+    seeds = []
     for n in later:
         cfg = load_config(REPO / "configs" / f"mri-stage{n}.yaml")
-        assert cfg.train.seed == n
-        assert cfg.data == stage7.data and cfg.model == stage7.model and cfg.noise == stage7.noise
+        seeds.append(cfg.train.seed)
+        data = cfg.data
+        if n >= 21:  # the zoomed-patch stages differ from stage 7 in the zoom only
+            assert cfg.data.zoom_fraction > 0
+            data = dataclasses.replace(cfg.data, zoom_fraction=stage7.data.zoom_fraction,
+                                       zoom_max=stage7.data.zoom_max)
+        assert data == stage7.data and cfg.model == stage7.model and cfg.noise == stage7.noise
         assert cfg.output_dir.endswith(f"mri-stage{n}")
+    assert seeds[: later.index(21)] == later[: later.index(21)]  # stages 8-20: seed = stage number
+    assert len(set(seeds)) == len(seeds)  # every stage draws its own patches
 
 
 def test_a_value_yaml_cannot_build_is_a_config_error(tmp_path: Path) -> None:
