@@ -230,10 +230,15 @@ def test_the_stage_presets_build_on_stage_7() -> None:
         cfg = load_config(REPO / "configs" / f"mri-stage{n}.yaml")
         seeds.append(cfg.train.seed)
         data = cfg.data
-        if n >= 21:  # the zoomed-patch stages differ from stage 7 in the zoom only
+        if n in (21, 22):  # the zoomed-patch stages differ from stage 7 in the zoom only
             assert cfg.data.zoom_fraction > 0
             data = dataclasses.replace(cfg.data, zoom_fraction=stage7.data.zoom_fraction,
                                        zoom_max=stage7.data.zoom_max)
+        elif n >= 23:  # the same two scans, cleaned beforehand by medidiff instead of by NLM
+            assert cfg.data.target_cleanup == "none"
+            assert [Path(p).name for p in cfg.data.train] == [Path(p).name for p in stage7.data.train]
+            assert all(Path(p).parent.parent == REPO / "runs" for p in cfg.data.train)
+            data = dataclasses.replace(cfg.data, train=stage7.data.train, target_cleanup=stage7.data.target_cleanup)
         assert data == stage7.data and cfg.model == stage7.model and cfg.noise == stage7.noise
         assert cfg.output_dir.endswith(f"mri-stage{n}")
     assert seeds[: later.index(21)] == later[: later.index(21)]  # stages 8-20: seed = stage number
