@@ -8,7 +8,7 @@ or removes is what the model learns to leave or remove. The held-out Colin27 bra
 configs/benchmark.yaml (normalized as the benchmark does) gets Rician noise at those two levels
 (seed 5), and is cleaned by DIPY's classic NLM at the true sigma (``data.target_cleanup: nlm``) and
 by MODEL's default output (``medidiff denoise``, sigma estimated); each is scored as the benchmark
-scores it. docs/model-card.md ("Stages 23 and 24") quotes the output.
+scores it. docs/model-card.md ("Stages 23, 24 and 25") quotes the output.
 """
 
 from __future__ import annotations
