@@ -38,9 +38,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[])
     args = parser.parse_args()
     cfg = load_benchmark_config(Path(__file__).resolve().parents[1] / "configs/benchmark.yaml", data_dir=args.data_dir)
-    # other cases keep their place (the noise seed depends on it) but draw no level
-    cases = [dataclasses.replace(c, noise_levels=[args.level] if c.modality == "MR" else []) for c in cfg.cases]
-    sample = next(s for s in make_samples(dataclasses.replace(cfg, cases=cases)) if s.case.modality == "MR")
+    cases = [dataclasses.replace(c, noise_levels=[args.level]) for c in cfg.cases]
+    sample = make_samples(dataclasses.replace(cfg, cases=cases), modality="MR")[0]
     den = Denoiser(model="mr", device="cpu")
     volume = Volume.from_array(sample.noisy, sample.affine, modality="MR")
     precision = args.precision

@@ -42,10 +42,10 @@ def main() -> None:
     parser.add_argument("--brain", nargs=2, action="append", default=[], metavar=("CONFIG", "DATA_DIR"))
     args = parser.parse_args()
     cfg = load_benchmark_config(data_dir=args.data_dir)
-    brains = [s for s in make_samples(cfg) if s.case.modality == "MR"]
+    brains = make_samples(cfg, modality="MR")
     for config, data_dir in args.brain:
         extra = load_benchmark_config(config, data_dir=data_dir)
-        brains += [s for s in make_samples(extra) if s.case.modality == "MR"]
+        brains += make_samples(extra, modality="MR")
     scans = list(training_scans(args.data_dir))
     for spec in args.models:
         den = Denoiser(model=spec, device="cpu")

@@ -39,9 +39,8 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_benchmark_config(args.config)
-    # other cases keep their place (the noise seed depends on it) but draw no level
-    cases = [dataclasses.replace(c, noise_levels=[args.level] if c.modality == "MR" else []) for c in cfg.cases]
-    samples = [s for s in make_samples(dataclasses.replace(cfg, cases=cases)) if s.case.modality == "MR"]
+    cases = [dataclasses.replace(c, noise_levels=[args.level]) for c in cfg.cases]
+    samples = make_samples(dataclasses.replace(cfg, cases=cases), modality="MR")
     if not samples:
         raise SystemExit(f"no MR case in the benchmark config at {args.level:g} %")
     sample = samples[0]

@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/reference"))
     args = parser.parse_args()
     cfg = load_benchmark_config(data_dir=args.data_dir)
-    sample = next(s for s in make_samples(cfg) if s.case.modality == "MR")
+    sample = make_samples(cfg, modality="MR")[0]
     den = Denoiser(model=args.model, device="cpu")
     for level in (0.012, 0.025):
         noisy = add_rician_numpy(sample.clean, level, np.random.default_rng(5)).astype(np.float32)

@@ -260,14 +260,20 @@ def _crop_box(mask: np.ndarray, size: list[int]) -> tuple[slice, ...]:
     return tuple(out)
 
 
-def make_samples(cfg: BenchmarkConfig, quick: bool = False) -> list[Sample]:
-    """Read each case and simulate its noise levels (one level and a centred crop with ``quick``)."""
+def make_samples(cfg: BenchmarkConfig, quick: bool = False, modality: str | None = None) -> list[Sample]:
+    """Read each case and simulate its noise levels (one level and a centred crop with ``quick``).
+
+    ``modality`` ("MR" or "CT") skips the other cases, which keep their place: a case's noise seed
+    depends on its index, so the draws are those of the whole benchmark.
+    """
     from medidiff.ct_dose import simulate_low_dose
     from medidiff.io import read_volume
     from medidiff.noise import add_rician_numpy, estimate_sigma
 
     samples = []
     for case_index, case in enumerate(cfg.cases):
+        if modality is not None and case.modality != modality:
+            continue
         path = Path(cfg.data_dir) / case.file
         if not path.exists():
             raise MedidiffError(f"{path}: reference scan not found; pass --data-dir or set data_dir in the config")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -268,6 +269,18 @@ def test_the_model_is_loaded_in_the_setup_not_in_the_timed_call(tmp_path: Path) 
     sample = next(s for s in benchmark.make_samples(cfg) if s.case.modality == "CT")
     result = benchmark.run_method("medidiff", sample, cfg, factory=Recording)
     assert events == ["load CT", "denoise"] and result.setup_s >= 0 and result.run_s >= 0
+
+
+def test_samples_of_one_modality_keep_the_whole_benchmarks_noise_draws(tmp_path: Path) -> None:
+    _synthetic_data(tmp_path / "data")
+    cfg = _config(tmp_path / "data", ["tv"])
+    cfg = dataclasses.replace(cfg, cases=cfg.cases[::-1])  # CT first, so the MR case is not case 0
+    everything = benchmark.make_samples(cfg)
+    for modality in ("MR", "CT"):
+        picked = benchmark.make_samples(cfg, modality=modality)
+        expected = [s for s in everything if s.case.modality == modality]
+        assert [(s.case.name, s.level) for s in picked] == [(s.case.name, s.level) for s in expected]
+        assert all(np.array_equal(a.noisy, b.noisy) for a, b in zip(picked, expected, strict=True))
 
 
 def test_network_only_row_is_made_where_the_default_adds_to_the_network(
