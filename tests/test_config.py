@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -223,11 +224,12 @@ def test_a_base_chain_of_eight_files_loads_and_nine_fail(tmp_path: Path) -> None
 
 def test_the_stage_presets_build_on_stage_7() -> None:
     stage7 = load_config(REPO / "configs" / "mri-stage7.yaml")
-    later = sorted(n for n in range(8, 100) if (REPO / "configs" / f"mri-stage{n}.yaml").is_file())
-    assert later[:3] == [8, 9, 10]
+    names = (re.fullmatch(r"mri-stage(\d+)([a-z]?)", p.stem) for p in (REPO / "configs").glob("mri-stage*.yaml"))
+    later = sorted((int(m[1]), m[2]) for m in names if m and int(m[1]) > 7)  # 21, 21b, 21c, 22, ...
+    assert later[:3] == [(8, ""), (9, ""), (10, "")] and (21, "b") in later
     seeds = []
-    for n in later:
-        cfg = load_config(REPO / "configs" / f"mri-stage{n}.yaml")
+    for n, variant in later:
+        cfg = load_config(REPO / "configs" / f"mri-stage{n}{variant}.yaml")
         seeds.append(cfg.train.seed)
         data = cfg.data
         if n in (21, 22):  # the zoomed-patch stages differ from stage 7 in the zoom only
@@ -240,8 +242,9 @@ def test_the_stage_presets_build_on_stage_7() -> None:
             assert all(Path(p).parent.parent == REPO / "runs" for p in cfg.data.train)
             data = dataclasses.replace(cfg.data, train=stage7.data.train, target_cleanup=stage7.data.target_cleanup)
         assert data == stage7.data and cfg.model == stage7.model and cfg.noise == stage7.noise
-        assert cfg.output_dir.endswith(f"mri-stage{n}")
-    assert seeds[: later.index(21)] == later[: later.index(21)]  # stages 8-20: seed = stage number
+        assert cfg.output_dir.endswith(f"mri-stage{n}{variant}")
+    first_zoom = later.index((21, ""))
+    assert seeds[:first_zoom] == [n for n, _ in later[:first_zoom]]  # stages 8-20: seed = stage number
     assert len(set(seeds)) == len(seeds)  # every stage draws its own patches
 
 
