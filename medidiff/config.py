@@ -114,6 +114,7 @@ class TrainConfig:
     save_every: int = 200
     keep_checkpoints: int = 2
     guided_loss_weight: float = 0.0
+    ssim_loss_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,17 @@ def _validate(cfg: Config) -> None:
     if not 0 <= cfg.train.guided_loss_weight < math.inf:
         raise ConfigError(
             f"train.guided_loss_weight must be 0 (off) or a positive number, got {cfg.train.guided_loss_weight}"
+        )
+    if not 0 <= cfg.train.ssim_loss_weight < math.inf:
+        raise ConfigError(
+            f"train.ssim_loss_weight must be 0 (off) or a positive number, got {cfg.train.ssim_loss_weight}"
+        )
+    if cfg.train.ssim_loss_weight > 0 and cfg.train.guided_loss_weight > 0:
+        raise ConfigError("train.ssim_loss_weight and train.guided_loss_weight cannot both be on; set one of them to 0")
+    if cfg.train.ssim_loss_weight > 0 and min(cfg.data.patch_size) < 8:
+        raise ConfigError(
+            f"train.ssim_loss_weight needs data.patch_size of at least 8 (SSIM's window is 7 voxels), "
+            f"got {cfg.data.patch_size}"
         )
     if cfg.train.guided_loss_weight > 0 and min(cfg.data.patch_size) < 16:
         raise ConfigError(

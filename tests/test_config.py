@@ -236,12 +236,14 @@ def test_the_stage_presets_build_on_stage_7() -> None:
             assert cfg.data.zoom_fraction > 0
             data = dataclasses.replace(cfg.data, zoom_fraction=stage7.data.zoom_fraction,
                                        zoom_max=stage7.data.zoom_max)
-        elif n >= 23:  # the same two scans, cleaned beforehand by medidiff instead of by NLM
+        elif n in (23, 24, 25):  # the same two scans, cleaned beforehand by medidiff instead of by NLM
             assert cfg.data.target_cleanup == "none"
             assert [Path(p).name for p in cfg.data.train] == [Path(p).name for p in stage7.data.train]
             assert all(Path(p).parent.parent == REPO / "runs" for p in cfg.data.train)
             data = dataclasses.replace(cfg.data, train=stage7.data.train, target_cleanup=stage7.data.target_cleanup)
         assert data == stage7.data and cfg.model == stage7.model and cfg.noise == stage7.noise
+        # the loss is stage 7's but where a stage exists to try another one
+        assert cfg.train.ssim_loss_weight == {26: 1.0, 27: 4.0}.get(n, 0.0)
         assert cfg.output_dir.endswith(f"mri-stage{n}{variant}")
     first_zoom = later.index((21, ""))
     assert seeds[:first_zoom] == [n for n, _ in later[:first_zoom]]  # stages 8-20: seed = stage number

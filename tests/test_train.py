@@ -364,6 +364,64 @@ def test_guided_loss_trains_and_is_checked(phantom_dir: Path, tmp_path: Path) ->
                                        "model.channels=[8,8]", "model.attention_levels=[false,false]"])
 
 
+def test_patch_ssim_matches_scikit_image() -> None:
+    import torch
+    from skimage.metrics import structural_similarity
+
+    from medidiff.training import patch_ssim
+
+    rng = np.random.default_rng(3)
+    clean = rng.random((2, 1, 14, 17, 20)) * 0.6
+    noisy = clean + 0.04 * rng.standard_normal(clean.shape)
+    ours = patch_ssim(torch.tensor(noisy), torch.tensor(clean)).numpy()
+    theirs = [structural_similarity(clean[b, 0], noisy[b, 0], data_range=1.0) for b in range(2)]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9)
+    assert float(patch_ssim(torch.tensor(clean), torch.tensor(clean))[0]) == pytest.approx(1.0)
+
+
+def test_ssim_loss_adds_the_scaled_ssim_deficit_of_scan_samples_to_the_edm_loss() -> None:
+    import torch
+
+    from medidiff.checkpoint import build_denoiser
+    from medidiff.config import load_config
+    from medidiff.training import SSIM_C2, patch_ssim, ssim_loss
+
+    cfg = load_config(str(TINY_CONFIG), ["noise.kind=rician", "train.ssim_loss_weight=0.5"])
+    torch.manual_seed(0)
+    model = build_denoiser(cfg)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 1, 16, 16, 16, generator=g)
+    sigma = torch.tensor([0.02, 0.05, 0.3])
+    noisy = (x0 + sigma.view(-1, 1, 1, 1, 1) * torch.randn(x0.shape, generator=g)).abs()
+    scan = torch.tensor([True, False, True])
+    with torch.no_grad():
+        plain = model.loss(x0, noisy, sigma)
+        torch.testing.assert_close(ssim_loss(model, cfg, x0, noisy, sigma, torch.zeros(3, dtype=torch.bool)), plain)
+        estimate = model(noisy, sigma)
+        _, c_out, _ = model.scalings(sigma)
+        deficit = 1 - patch_ssim(estimate, x0)
+        extra = sum(float(SSIM_C2 * deficit[b] / c_out[b] ** 2) for b in (0, 2))
+        weighted = ssim_loss(model, cfg, x0, noisy, sigma, scan)
+    assert float(deficit.min()) > 0  # an untrained network is far from the clean patches
+    torch.testing.assert_close(float(weighted), float(plain) + 0.5 * extra / 3, rtol=1e-4, atol=1e-6)
+
+
+def test_ssim_loss_trains_and_is_checked(phantom_dir: Path, tmp_path: Path) -> None:
+    from medidiff.config import load_config
+
+    run = tmp_path / "run"
+    result = train(str(TINY_CONFIG), [*_overrides(phantom_dir, run, 2), "train.ssim_loss_weight=1",
+                                      "noise.kind=rician"], progress=False)
+    assert result.step == 2 and all(np.isfinite(r["loss"]) for r in _records(run))
+    with pytest.raises(ConfigError, match="ssim_loss_weight must be"):
+        load_config(str(TINY_CONFIG), ["train.ssim_loss_weight=-1"])
+    with pytest.raises(ConfigError, match="cannot both be on"):
+        load_config(str(TINY_CONFIG), ["train.ssim_loss_weight=1", "train.guided_loss_weight=1"])
+    with pytest.raises(ConfigError, match="at least 8"):
+        load_config(str(TINY_CONFIG), ["train.ssim_loss_weight=1", "data.patch_size=[4,4,4]",
+                                       "model.channels=[8,8]", "model.attention_levels=[false,false]"])
+
+
 def test_config_yaml_keeps_an_absolute_output_dir_after_a_relative_resume(
         phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
