@@ -157,8 +157,8 @@ def ssim_loss(
     punishes more than the squared error does. In flat tissue ``SSIM_C2 (1 - SSIM)`` is about the
     output's local variance, so the added term is on the EDM loss's scale and a weight of 1 about
     doubles what leftover noise there costs. Samples on the generative path (Gaussian noise over the
-    whole schedule) keep the plain EDM loss, so the prior that ``medidiff sample`` draws from is the
-    EDM one; the denoising estimate at scan levels is no longer the posterior mean.
+    whole schedule) keep the plain EDM loss; at scan levels the estimate is no longer exactly the
+    posterior mean (docs/design.md, section 1).
     """
     out, c_skip, c_out = model.raw(noisy, sigma)
     per_sample = ((out.float() - ((x0 - c_skip * noisy) / c_out).float()) ** 2).flatten(1).mean(1)
