@@ -259,26 +259,20 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("train.lr_min must lie in [0, train.lr]")
     if cfg.train.max_steps < 0 or cfg.train.batch_size < 1:
         raise ConfigError("train.max_steps must be >= 0 and train.batch_size >= 1")
-    if not 0 <= cfg.train.guided_loss_weight < math.inf:
-        raise ConfigError(
-            f"train.guided_loss_weight must be 0 (off) or a positive number, got {cfg.train.guided_loss_weight}"
-        )
-    if not 0 <= cfg.train.ssim_loss_weight < math.inf:
-        raise ConfigError(
-            f"train.ssim_loss_weight must be 0 (off) or a positive number, got {cfg.train.ssim_loss_weight}"
-        )
+    loss_terms = (  # the optional loss terms: the smallest patch each can be scored on, and why
+        ("guided_loss_weight", 16, "guided averaging is scored away from the patch faces"),
+        ("ssim_loss_weight", 8, "SSIM's window is 7 voxels"),
+    )
+    for name, smallest, why in loss_terms:
+        weight = getattr(cfg.train, name)
+        if not 0 <= weight < math.inf:
+            raise ConfigError(f"train.{name} must be 0 (off) or a positive number, got {weight}")
+        if weight > 0 and min(cfg.data.patch_size) < smallest:
+            raise ConfigError(
+                f"train.{name} needs data.patch_size of at least {smallest} ({why}), got {cfg.data.patch_size}"
+            )
     if cfg.train.ssim_loss_weight > 0 and cfg.train.guided_loss_weight > 0:
         raise ConfigError("train.ssim_loss_weight and train.guided_loss_weight cannot both be on; set one of them to 0")
-    if cfg.train.ssim_loss_weight > 0 and min(cfg.data.patch_size) < 8:
-        raise ConfigError(
-            f"train.ssim_loss_weight needs data.patch_size of at least 8 (SSIM's window is 7 voxels), "
-            f"got {cfg.data.patch_size}"
-        )
-    if cfg.train.guided_loss_weight > 0 and min(cfg.data.patch_size) < 16:
-        raise ConfigError(
-            f"train.guided_loss_weight needs data.patch_size of at least 16 (guided averaging is scored "
-            f"away from the patch faces), got {cfg.data.patch_size}"
-        )
     if not 0 < cfg.noise.scan_sigma_min < cfg.noise.scan_sigma_max:
         raise ConfigError("need 0 < noise.scan_sigma_min < noise.scan_sigma_max")
     if cfg.data.target_cleanup == "recorrupt" and cfg.noise.kind == "ct":

@@ -89,6 +89,13 @@ def make_noisy(
     return torch.where(scan.view(-1, 1, 1, 1, 1), realistic, gaussian)
 
 
+def edm_loss_per_sample(
+    out: torch.Tensor, c_skip: torch.Tensor, c_out: torch.Tensor, x0: torch.Tensor, noisy: torch.Tensor
+) -> torch.Tensor:
+    """Each sample's EDM loss (B,): the mean over its voxels of what ``Preconditioned.loss`` averages."""
+    return ((out.float() - ((x0 - c_skip * noisy) / c_out).float()) ** 2).flatten(1).mean(1)
+
+
 def guided_loss(
     model: Any, cfg: Config, x0: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor, scan: torch.Tensor
 ) -> torch.Tensor:
@@ -110,7 +117,7 @@ def guided_loss(
     told = torch.where(scan, sigma * DEFAULT_NETWORK_SIGMA_SCALE[modality], sigma)
     out, c_skip, c_out = model.raw(noisy, told)
     estimate = c_skip * noisy + c_out * out
-    per_sample = ((out.float() - ((x0 - c_skip * noisy) / c_out).float()) ** 2).flatten(1).mean(1)
+    per_sample = edm_loss_per_sample(out, c_skip, c_out, x0, noisy)
     if bool(scan.any()):
         radius = DEFAULT_GUIDED_RADIUS[modality]
         averaged = guided_average_batch(
@@ -163,7 +170,7 @@ def ssim_loss(
     posterior mean (docs/design.md, section 1).
     """
     out, c_skip, c_out = model.raw(noisy, sigma)
-    per_sample = ((out.float() - ((x0 - c_skip * noisy) / c_out).float()) ** 2).flatten(1).mean(1)
+    per_sample = edm_loss_per_sample(out, c_skip, c_out, x0, noisy)
     if bool(scan.any()):
         estimate = (c_skip * noisy + c_out * out)[scan].float()
         ssim = patch_ssim(estimate, x0[scan].float())

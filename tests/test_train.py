@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -313,6 +314,17 @@ def test_nlm_cleanup_brings_the_training_target_closer_to_the_clean_scan(tmp_pat
     assert np.abs(cleaned - truth).mean() < 0.8 * np.abs(raw - truth).mean()
 
 
+def _rician_test_patches() -> tuple[Any, Any, Any]:
+    """Three clean 16^3 patches, their Rician-noisy versions and the levels 0.02, 0.05 and 0.3."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 1, 16, 16, 16, generator=g)
+    sigma = torch.tensor([0.02, 0.05, 0.3])
+    noisy = (x0 + sigma.view(-1, 1, 1, 1, 1) * torch.randn(x0.shape, generator=g)).abs()
+    return x0, noisy, sigma
+
+
 def test_guided_loss_adds_the_averaged_estimates_error_to_the_edm_loss_at_the_level_told() -> None:
     import torch
 
@@ -325,10 +337,7 @@ def test_guided_loss_adds_the_averaged_estimates_error_to_the_edm_loss_at_the_le
     cfg = load_config(str(TINY_CONFIG), ["noise.kind=rician"])
     torch.manual_seed(0)
     model = build_denoiser(cfg)
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.rand(3, 1, 16, 16, 16, generator=g)
-    sigma = torch.tensor([0.02, 0.05, 0.3])
-    noisy = (x0 + sigma.view(-1, 1, 1, 1, 1) * torch.randn(x0.shape, generator=g)).abs()
+    x0, noisy, sigma = _rician_test_patches()
     scan = torch.tensor([True, True, False])
     told = sigma * torch.tensor([DEFAULT_NETWORK_SIGMA_SCALE["MR"]] * 2 + [1.0])
     with torch.no_grad():
@@ -350,18 +359,28 @@ def test_guided_loss_adds_the_averaged_estimates_error_to_the_edm_loss_at_the_le
     torch.testing.assert_close(float(weighted), float(plain) + 2 * extra / 3, rtol=1e-4, atol=1e-6)
 
 
-def test_guided_loss_trains_and_is_checked(phantom_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("term", "too_small", "needs"),
+                         [("guided_loss_weight", 8, "at least 16"), ("ssim_loss_weight", 4, "at least 8")])
+def test_a_loss_term_trains_and_is_checked(phantom_dir: Path, tmp_path: Path, term: str, too_small: int,
+                                           needs: str) -> None:
     from medidiff.config import load_config
 
     run = tmp_path / "run"
-    result = train(str(TINY_CONFIG), [*_overrides(phantom_dir, run, 2), "train.guided_loss_weight=1",
-                                      "noise.kind=rician"], progress=False)
+    result = train(str(TINY_CONFIG), [*_overrides(phantom_dir, run, 2), f"train.{term}=1", "noise.kind=rician"],
+                   progress=False)
     assert result.step == 2 and all(np.isfinite(r["loss"]) for r in _records(run))
-    with pytest.raises(ConfigError, match="guided_loss_weight"):
-        load_config(str(TINY_CONFIG), ["train.guided_loss_weight=-1"])
-    with pytest.raises(ConfigError, match="at least 16"):
-        load_config(str(TINY_CONFIG), ["train.guided_loss_weight=1", "data.patch_size=[8,8,8]",
+    with pytest.raises(ConfigError, match=f"{term} must be"):
+        load_config(str(TINY_CONFIG), [f"train.{term}=-1"])
+    with pytest.raises(ConfigError, match=needs):
+        load_config(str(TINY_CONFIG), [f"train.{term}=1", f"data.patch_size=[{too_small},{too_small},{too_small}]",
                                        "model.channels=[8,8]", "model.attention_levels=[false,false]"])
+
+
+def test_the_ssim_and_guided_loss_terms_cannot_both_be_on() -> None:
+    from medidiff.config import load_config
+
+    with pytest.raises(ConfigError, match="cannot both be on"):
+        load_config(str(TINY_CONFIG), ["train.ssim_loss_weight=1", "train.guided_loss_weight=1"])
 
 
 def test_patch_ssim_matches_scikit_image() -> None:
@@ -389,10 +408,7 @@ def test_ssim_loss_adds_the_scaled_ssim_deficit_of_scan_samples_to_the_edm_loss(
     cfg = load_config(str(TINY_CONFIG), ["noise.kind=rician", "train.ssim_loss_weight=0.5"])
     torch.manual_seed(0)
     model = build_denoiser(cfg)
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.rand(3, 1, 16, 16, 16, generator=g)
-    sigma = torch.tensor([0.02, 0.05, 0.3])
-    noisy = (x0 + sigma.view(-1, 1, 1, 1, 1) * torch.randn(x0.shape, generator=g)).abs()
+    x0, noisy, sigma = _rician_test_patches()
     scan = torch.tensor([True, False, True])
     with torch.no_grad():
         plain = model.loss(x0, noisy, sigma)
@@ -404,22 +420,6 @@ def test_ssim_loss_adds_the_scaled_ssim_deficit_of_scan_samples_to_the_edm_loss(
         weighted = ssim_loss(model, cfg, x0, noisy, sigma, scan)
     assert float(deficit.min()) > 0  # an untrained network is far from the clean patches
     torch.testing.assert_close(float(weighted), float(plain) + 0.5 * extra / 3, rtol=1e-4, atol=1e-6)
-
-
-def test_ssim_loss_trains_and_is_checked(phantom_dir: Path, tmp_path: Path) -> None:
-    from medidiff.config import load_config
-
-    run = tmp_path / "run"
-    result = train(str(TINY_CONFIG), [*_overrides(phantom_dir, run, 2), "train.ssim_loss_weight=1",
-                                      "noise.kind=rician"], progress=False)
-    assert result.step == 2 and all(np.isfinite(r["loss"]) for r in _records(run))
-    with pytest.raises(ConfigError, match="ssim_loss_weight must be"):
-        load_config(str(TINY_CONFIG), ["train.ssim_loss_weight=-1"])
-    with pytest.raises(ConfigError, match="cannot both be on"):
-        load_config(str(TINY_CONFIG), ["train.ssim_loss_weight=1", "train.guided_loss_weight=1"])
-    with pytest.raises(ConfigError, match="at least 8"):
-        load_config(str(TINY_CONFIG), ["train.ssim_loss_weight=1", "data.patch_size=[4,4,4]",
-                                       "model.channels=[8,8]", "model.attention_levels=[false,false]"])
 
 
 def test_config_yaml_keeps_an_absolute_output_dir_after_a_relative_resume(
