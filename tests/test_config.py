@@ -243,7 +243,7 @@ def test_the_stage_presets_build_on_stage_7() -> None:
             data = dataclasses.replace(cfg.data, train=stage7.data.train, target_cleanup=stage7.data.target_cleanup)
         assert data == stage7.data and cfg.model == stage7.model and cfg.noise == stage7.noise
         # the loss is stage 7's but where a stage exists to try another one
-        assert cfg.train.ssim_loss_weight == {26: 1.0, 27: 4.0, 28: 4.0}.get(n, 0.0)
+        assert cfg.train.ssim_loss_weight == {26: 1.0, 27: 4.0, 28: 4.0, 29: 4.0, 30: 4.0}.get(n, 0.0)
         assert cfg.output_dir.endswith(f"mri-stage{n}{variant}")
     first_zoom = later.index((21, ""))
     assert seeds[:first_zoom] == [n for n, _ in later[:first_zoom]]  # stages 8-20: seed = stage number
