@@ -49,7 +49,7 @@ OUTPUT_FILES = ("results.csv", "results.json", "results.md")
 CSV_FIELDS = [
     "case", "modality", "noise_level", "noise_unit", "sigma_true", "sigma_est", "sigma_unit", "method",
     "psnr", "ssim", "time_s", "setup_s", "peak_mem_mb", "uncertainty_mean", "shape", "i0",
-    "reference_sigma_est", "error",
+    "reference_sigma_est", "model", "model_sha256", "error",
 ]  # fmt: skip
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "benchmark.yaml"
@@ -318,7 +318,8 @@ def make_samples(cfg: BenchmarkConfig, quick: bool = False, modality: str | None
 
 @dataclass
 class MethodOutput:
-    """A method's output (metric units), optional uncertainty, sigma estimate, timings and memory."""
+    """A method's output (metric units), optional uncertainty, sigma estimate, timings and memory;
+    for medidiff, the model that ran (its name and the sha256 of its file, as the process loaded it)."""
 
     denoised: np.ndarray
     uncertainty: np.ndarray | None = None
@@ -326,6 +327,8 @@ class MethodOutput:
     setup_s: float = 0.0
     run_s: float = 0.0
     peak_mem_mb: float | None = None
+    model: str | None = None
+    model_sha256: str | None = None
 
 
 def _nlmeans(noisy: np.ndarray, sigma: float, ct: bool, cl: ClassicalSettings) -> np.ndarray:
@@ -408,7 +411,8 @@ def _medidiff_runner(
     def run() -> tuple:
         result = denoiser.denoise_volume(volume, **kwargs)  # sigma estimated unless medidiff-sigma
         spread = None if result.uncertainty is None else np.asarray(result.uncertainty.data[0], np.float32)
-        return result.volume.data[0], spread, float(result.sigma)
+        info = getattr(result, "info", None) or {}
+        return result.volume.data[0], spread, float(result.sigma), info.get("model"), info.get("model_sha256")
 
     return run
 
@@ -450,14 +454,17 @@ def run_method(
         function = CLASSICAL[name]
 
         def run() -> tuple:
-            return function(sample.noisy, sample.sigma_true, ct, cfg.classical), None, None
+            return function(sample.noisy, sample.sigma_true, ct, cfg.classical), None, None, None, None
 
     else:
         raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
     ready = time.perf_counter()
-    denoised, spread, sigma_est = run()
+    denoised, spread, sigma_est, model, model_sha256 = run()
     done = time.perf_counter()
-    return MethodOutput(np.asarray(denoised, np.float32), spread, sigma_est, ready - start, done - ready)
+    return MethodOutput(
+        np.asarray(denoised, np.float32), spread, sigma_est, ready - start, done - ready,
+        model=model, model_sha256=model_sha256,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- measuring in a child process
@@ -719,6 +726,8 @@ def _run_into(out: Path, cfg: BenchmarkConfig, quick: bool) -> BenchmarkReport:
                 row["psnr"], row["ssim"] = _score(sample, result.denoised)
                 row.update(time_s=result.run_s, setup_s=result.setup_s, peak_mem_mb=result.peak_mem_mb)
                 row["sigma_est"] = result.sigma_est
+                if result.model_sha256:  # which weights ran, as the method's own process found them
+                    row["model"], row["model_sha256"] = result.model, result.model_sha256
                 view[name] = cut(result.denoised)
                 if name == "medidiff":
                     view["residual medidiff"] = view["noisy"] - view[name]
@@ -812,6 +821,10 @@ def format_markdown(
     own = {(r["case"], r.get("reference_sigma_est")) for r in rows if r["method"] == "noisy"}
     lines += ["", "Noise already in the references (medidiff.noise.estimate_sigma, metric units): "]
     lines[-1] += ", ".join(f"{case} {_cell(value, 4)}" for case, value in sorted(own, key=str)) + "."
+    models = sorted({(r["model"], r["model_sha256"]) for r in rows if r.get("model_sha256")}, key=str)
+    if models:
+        lines += ["", "medidiff models (sha256 of the weights file): "]
+        lines[-1] += ", ".join(f"{name} {digest[:12]}" for name, digest in models) + "."
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped) + "."]
     return "\n".join(lines) + "\n"

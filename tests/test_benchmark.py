@@ -22,6 +22,13 @@ from medidiff.volume import Volume
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
 
 
+def fake_sha256(modality: str | None) -> str:
+    """The fake model's "weights hash": one per modality, so a test can tell which model ran."""
+    import hashlib
+
+    return hashlib.sha256(str(modality).encode()).hexdigest()
+
+
 class FakeDenoiser:
     """Stands in for ``medidiff.inference.Denoiser``: a mild Gaussian blur; uncertainty 0.01 for
     samples > 1 and 0.001 x flips for flips > 1 (so a test can see which option arrived)."""
@@ -42,7 +49,8 @@ class FakeDenoiser:
         spread = None
         if samples > 1 or flips > 1:
             spread = volume.with_data(np.full_like(data, 0.01 if samples > 1 else 0.001 * flips))
-        info = {"steps": options.get("steps"), "samples": samples, "precision": options.get("precision")}
+        info = {"steps": options.get("steps"), "samples": samples, "precision": options.get("precision"),
+                "model": f"fake-{modality}", "model_sha256": fake_sha256(modality)}
         if options.get("precision") == "fp32":  # tells the rows apart
             data = ndimage.gaussian_filter(volume.data[0], 1.2)
         if options.get("guided_radius") == 0 and options.get("blend") == 0:
@@ -201,6 +209,10 @@ def test_rows_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert tv["sigma_true"] == pytest.approx(0.09) and tv["time_s"] >= 0 and tv["peak_mem_mb"] >= 0
     den = by_method[("ct_tiny", 40.0, "medidiff")]
     assert den["sigma_est"] == pytest.approx(0.042) and "error" not in den
+    # each medidiff row names the weights that ran (as the method's process loaded them); others none
+    assert den["model"] == "fake-CT" and den["model_sha256"] == fake_sha256("CT")
+    assert by_method[("mr_tiny", 3.0, "medidiff")]["model_sha256"] == fake_sha256("MR")
+    assert "model" not in tv and "model_sha256" not in tv
     assert by_method[("ct_tiny", 40.0, "noisy")]["sigma_true"] == pytest.approx(40.0, rel=0.3)
     assert by_method[("mr_tiny", 3.0, "medidiff-avg")]["uncertainty_mean"] == pytest.approx(0.01)
     assert by_method[("mr_tiny", 3.0, "medidiff-flips")]["uncertainty_mean"] == pytest.approx(0.008)  # 8 flips
@@ -218,6 +230,10 @@ def test_rows_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert any("bm4d" in s for s in document["skipped"]) or any(r["method"] == "bm4d" for r in rows)
     markdown = (out / "results.md").read_text()
     assert "| case | noise |" in markdown and "mr_tiny" in markdown
+    digests = f"fake-CT {fake_sha256('CT')[:12]}, fake-MR {fake_sha256('MR')[:12]}."
+    assert f"medidiff models (sha256 of the weights file): {digests}" in markdown
+    ct_row = next(r for r in table if r["case"] == "ct_tiny" and r["method"] == "medidiff")
+    assert ct_row["model_sha256"] == fake_sha256("CT")
     names = {p.name for p in report.figures}
     assert {"montage_mr_tiny_3.png", "montage_ct_tiny_40.png", "psnr_vs_noise.png"} <= names
     assert all(p.stat().st_size > 1000 for p in report.figures)
@@ -269,6 +285,19 @@ def test_the_model_is_loaded_in_the_setup_not_in_the_timed_call(tmp_path: Path) 
     sample = next(s for s in benchmark.make_samples(cfg) if s.case.modality == "CT")
     result = benchmark.run_method("medidiff", sample, cfg, factory=Recording)
     assert events == ["load CT", "denoise"] and result.setup_s >= 0 and result.run_s >= 0
+
+
+def test_a_medidiff_row_names_the_bundled_weights_that_ran(tmp_path: Path) -> None:
+    import hashlib
+
+    from medidiff.checkpoint import BUNDLED
+
+    _synthetic_data(tmp_path / "data")
+    cfg = _config(tmp_path / "data", ["medidiff"], mr_only=True, isolate=False)
+    sample = benchmark.make_samples(cfg)[0]
+    result = benchmark.run_method("medidiff", sample, cfg)  # the real Denoiser and the bundled MR model
+    assert result.model == "mr"
+    assert result.model_sha256 == hashlib.sha256(BUNDLED["mr"].read_bytes()).hexdigest()
 
 
 def test_samples_of_one_modality_keep_the_whole_benchmarks_noise_draws(tmp_path: Path) -> None:
