@@ -72,6 +72,8 @@ def main() -> None:
                 }
                 write_text_atomic(args.bm4d_cache, json.dumps(cache, indent=1))  # never a half-written file
         gaps.append((ours_psnr - bm4d_psnr, ours_ssim - bm4d_ssim))
+        if seed == args.seeds[0]:  # which weights ran: an installed copy of medidiff may not be the checkout's
+            print(f"medidiff model {ours.model} sha256 {ours.model_sha256}", flush=True)
         print(
             f"{sample.case.name} {args.level:g} % seed {seed}: medidiff {ours_psnr:.3f} / {ours_ssim:.6f} "
             f"({ours.run_s:.1f} s), BM4D {bm4d_psnr:.3f} / {bm4d_ssim:.6f} "
