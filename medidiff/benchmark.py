@@ -411,7 +411,7 @@ def _medidiff_runner(
     def run() -> tuple:
         result = denoiser.denoise_volume(volume, **kwargs)  # sigma estimated unless medidiff-sigma
         spread = None if result.uncertainty is None else np.asarray(result.uncertainty.data[0], np.float32)
-        info = getattr(result, "info", None) or {}
+        info = result.info  # DenoiseResult.info: the model's name and hash, as the sidecar records them
         return result.volume.data[0], spread, float(result.sigma), info.get("model"), info.get("model_sha256")
 
     return run
