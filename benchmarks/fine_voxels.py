@@ -3,7 +3,9 @@
 Usage:
     python benchmarks/fine_voxels.py write OUT_DIR [--data-dir DIR]
     python benchmarks/fine_voxels.py sweep SCAN FACTOR [--reference-noise HU] [--level HU]
-                                     [--scales 1 1.2 1.4 1.7] [--seed 7] [--anchors] [--data-dir DIR]
+                                     [--scales 1 1.2 1.4 1.7] [--seed 7] [--models ct FILE ...]
+                                     [--anchors] [--data-dir DIR]
+    python benchmarks/fine_voxels.py whole DATA_DIR [--models ct FILE ...] [--config YAML]
     python benchmarks/fine_voxels.py mr FACTOR [--levels 5 9] [--anchors] [--data-dir DIR]
 
 ``write``: the chest CTA (1.5 mm) with its in-plane axes upsampled 2x by cubic interpolation
@@ -14,9 +16,15 @@ with ``--reference-noise`` a first projection-domain low-dose simulation at that
 reference (a real full-dose series carries noise of its own at its pixel size; interpolation alone
 leaves the reference smoother than any real scan), then ``--level`` HU are simulated on top of it.
 Prints foreground PSNR / SSIM (HU window [-1000, 1000], range 2000) of the noisy slab, of
-medidiff's default told each ``--scales`` value as its network sigma scale, and with ``--anchors``
-of DIPY's NLM (blockwise, its default, and classic) and BM4D (if installed) given the sigma of the
-added noise.
+medidiff's default told each ``--scales`` value as its network sigma scale (for each of
+``--models``: a name, a run folder or a weights file), and with ``--anchors`` of DIPY's NLM
+(blockwise, its default, and classic) and BM4D (if installed) given the sigma of the added noise.
+
+``whole``: each of ``--models`` with medidiff's defaults on the whole upsampled chest that ``write``
+put in DATA_DIR, with the noise draws of ``medidiff benchmark --config benchmarks/fine_voxels_ct.yaml``
+(the same scoring), so a new CT model can be compared with that run's rows without rerunning it.
+``--config configs/benchmark.yaml`` with the reference folder as DATA_DIR does the same for the main
+benchmark's CT cases (its draws: a case's seed depends on its place in the config).
 
 ``mr``: the central 128x128x48 voxels of the Colin27 T1 brain (1 mm), scaled to [0, 1] by its
 99.9th percentile, upsampled FACTOR x along every axis (1.25: 0.8 mm, 160x160x60), Rician noise at
@@ -95,12 +103,13 @@ def sweep(args: argparse.Namespace) -> None:
     print(f"{args.scan} x{args.factor:g} in-plane, spacing {spacing}, shape {x.shape}, "
           f"reference noise {args.reference_noise:g} HU, added {sigma:.1f} HU")  # fmt: skip
     print(f"noisy: {_score(reference, noisy, mask)}")
-    den = Denoiser(model="ct", device="cpu")
-    for scale in args.scales:
-        start = time.perf_counter()
-        out = den.denoise_volume(Volume.from_array(noisy, affine, modality="CT"), network_sigma_scale=scale)
-        print(f"medidiff, network sigma scale {scale:g} (sigma est {out.sigma:.1f}): "
-              f"{_score(reference, out.volume.data[0], mask)} in {time.perf_counter() - start:.1f} s")  # fmt: skip
+    for model in args.models:
+        den = Denoiser(model=model, device="cpu")
+        for scale in args.scales:
+            start = time.perf_counter()
+            out = den.denoise_volume(Volume.from_array(noisy, affine, modality="CT"), network_sigma_scale=scale)
+            print(f"medidiff {model}, network sigma scale {scale:g} (sigma est {out.sigma:.1f}): "
+                  f"{_score(reference, out.volume.data[0], mask)} in {time.perf_counter() - start:.1f} s")  # fmt: skip
     if args.anchors:
         anchors = (("DIPY NLM (blockwise)", _nlmeans), ("DIPY NLM (classic)", _nlmeans_classic), ("BM4D", _bm4d))
         for name, method in anchors:
@@ -110,6 +119,21 @@ def sweep(args: argparse.Namespace) -> None:
                 print(f"{name}: skipped ({exc})")
                 continue
             print(f"{name}: {_score(reference, anchor, mask)}")
+
+
+def whole(args: argparse.Namespace) -> None:
+    from medidiff.benchmark import _score as score_sample
+    from medidiff.benchmark import load_benchmark_config, make_samples
+
+    samples = make_samples(load_benchmark_config(args.config, data_dir=args.data_dir), modality="CT")
+    for model in args.models:
+        den = Denoiser(model=model, device="cpu")
+        for sample in samples:
+            start = time.perf_counter()
+            out = den.denoise_volume(Volume.from_array(sample.noisy, sample.affine, modality="CT"))
+            psnr, ssim = score_sample(sample, out.volume.data[0])
+            print(f"{sample.case.name} {sample.level:g} HU, medidiff {model} (sigma est {out.sigma:.1f}): "
+                  f"{psnr:.2f} dB / {ssim:.4f} in {time.perf_counter() - start:.1f} s")  # fmt: skip
 
 
 def mr(args: argparse.Namespace) -> None:
@@ -154,16 +178,24 @@ def main() -> None:
     s.add_argument("--level", type=float, default=50.0)
     s.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.2, 1.4, 1.7])
     s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--models", nargs="+", default=["ct"])
     s.add_argument("--anchors", action="store_true")
+    h = sub.add_parser("whole")
+    h.add_argument("data_dir", type=Path)
+    h.add_argument("--models", nargs="+", default=["ct"])
+    h.add_argument("--config", type=Path, default=Path(__file__).resolve().parent / "fine_voxels_ct.yaml")
     m = sub.add_parser("mr")
     m.add_argument("factor", type=float)
     m.add_argument("--data-dir", type=Path, default=DATA)
     m.add_argument("--levels", type=float, nargs="+", default=[5.0, 9.0])
     m.add_argument("--anchors", action="store_true")
     args = parser.parse_args()
-    {"write": lambda: write(args.out_dir, args.data_dir), "sweep": lambda: sweep(args), "mr": lambda: mr(args)}[
-        args.command
-    ]()
+    {
+        "write": lambda: write(args.out_dir, args.data_dir),
+        "sweep": lambda: sweep(args),
+        "whole": lambda: whole(args),
+        "mr": lambda: mr(args),
+    }[args.command]()
 
 
 if __name__ == "__main__":

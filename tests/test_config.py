@@ -250,6 +250,18 @@ def test_the_stage_presets_build_on_stage_7() -> None:
     assert len(set(seeds)) == len(seeds)  # every stage draws its own patches
 
 
+def test_ct_stage_4_is_stage_3_trained_on_with_a_new_seed() -> None:
+    stage3 = load_config(REPO / "configs" / "ct-zoom.yaml")
+    stage4 = load_config(REPO / "configs" / "ct-stage4.yaml")
+    assert stage4.data == stage3.data and stage4.model == stage3.model and stage4.noise == stage3.noise
+    assert stage4.data.zoom_fraction == 0.5 and stage4.data.modality == "CT"
+    assert stage4.train.seed != stage3.train.seed and stage4.train.max_steps == 3000
+    assert Path(stage4.train.init_weights).name == "ct-stage3.safetensors"
+    assert dataclasses.replace(stage4.train, seed=stage3.train.seed, max_steps=stage3.train.max_steps,
+                               init_weights=stage3.train.init_weights) == stage3.train  # fmt: skip
+    assert stage4.output_dir.endswith("ct-stage4")
+
+
 def test_a_value_yaml_cannot_build_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  max_steps: !!int abc\n")
