@@ -121,19 +121,28 @@ def sweep(args: argparse.Namespace) -> None:
             print(f"{name}: {_score(reference, anchor, mask)}")
 
 
-def whole(args: argparse.Namespace) -> None:
+def score_models(cfg, models: list[str]) -> list[tuple[str, float, str, float, float, float]]:
+    """(case, level, model, PSNR, SSIM, sigma estimate) of each model's default on ``cfg``'s CT draws."""
     from medidiff.benchmark import _score as score_sample
-    from medidiff.benchmark import load_benchmark_config, make_samples
+    from medidiff.benchmark import make_samples
 
-    samples = make_samples(load_benchmark_config(args.config, data_dir=args.data_dir), modality="CT")
-    for model in args.models:
+    samples = make_samples(cfg, modality="CT")
+    rows = []
+    for model in models:
         den = Denoiser(model=model, device="cpu")
         for sample in samples:
-            start = time.perf_counter()
             out = den.denoise_volume(Volume.from_array(sample.noisy, sample.affine, modality="CT"))
             psnr, ssim = score_sample(sample, out.volume.data[0])
-            print(f"{sample.case.name} {sample.level:g} HU, medidiff {model} (sigma est {out.sigma:.1f}): "
-                  f"{psnr:.2f} dB / {ssim:.4f} in {time.perf_counter() - start:.1f} s")  # fmt: skip
+            rows.append((sample.case.name, sample.level, model, psnr, ssim, float(out.sigma)))
+    return rows
+
+
+def whole(args: argparse.Namespace) -> None:
+    from medidiff.benchmark import load_benchmark_config
+
+    cfg = load_benchmark_config(args.config, data_dir=args.data_dir)
+    for case, level, model, psnr, ssim, sigma in score_models(cfg, args.models):
+        print(f"{case} {level:g} HU, medidiff {model} (sigma est {sigma:.1f}): {psnr:.2f} dB / {ssim:.4f}")
 
 
 def mr(args: argparse.Namespace) -> None:

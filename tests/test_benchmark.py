@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -298,6 +299,20 @@ def test_a_medidiff_row_names_the_bundled_weights_that_ran(tmp_path: Path) -> No
     result = benchmark.run_method("medidiff", sample, cfg)  # the real Denoiser and the bundled MR model
     assert result.model == "mr"
     assert result.model_sha256 == hashlib.sha256(BUNDLED["mr"].read_bytes()).hexdigest()
+
+
+def test_the_fine_voxel_script_scores_a_model_as_the_benchmark_does(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fine_voxels import score_models
+
+    _synthetic_data(tmp_path / "data")
+    cfg = _config(tmp_path / "data", ["medidiff"], isolate=False)
+    rows = score_models(cfg, ["ct"])  # the bundled CT model on the benchmark's CT draws
+    samples = [s for s in benchmark.make_samples(cfg) if s.case.modality == "CT"]
+    assert [(r[0], r[1]) for r in rows] == [(s.case.name, s.level) for s in samples]
+    for row, sample in zip(rows, samples, strict=True):
+        psnr, ssim = benchmark._score(sample, benchmark.run_method("medidiff", sample, cfg).denoised)
+        assert (row[3], row[4]) == pytest.approx((psnr, ssim), abs=1e-9)
 
 
 def test_samples_of_one_modality_keep_the_whole_benchmarks_noise_draws(tmp_path: Path) -> None:
