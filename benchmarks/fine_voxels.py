@@ -46,7 +46,16 @@ import numpy as np
 from scipy.ndimage import zoom
 
 from medidiff import metrics
-from medidiff.benchmark import ClassicalSettings, _bm4d, _nlmeans, _nlmeans_classic
+from medidiff.benchmark import (
+    BenchmarkConfig,
+    ClassicalSettings,
+    _bm4d,
+    _nlmeans,
+    _nlmeans_classic,
+    load_benchmark_config,
+    make_samples,
+)
+from medidiff.benchmark import _score as score_sample
 from medidiff.ct_dose import simulate_low_dose
 from medidiff.inference import Denoiser
 from medidiff.noise import add_rician_numpy
@@ -121,11 +130,8 @@ def sweep(args: argparse.Namespace) -> None:
             print(f"{name}: {_score(reference, anchor, mask)}")
 
 
-def score_models(cfg, models: list[str]) -> list[tuple[str, float, str, float, float, float]]:
+def score_models(cfg: BenchmarkConfig, models: list[str]) -> list[tuple[str, float, str, float, float, float]]:
     """(case, level, model, PSNR, SSIM, sigma estimate) of each model's default on ``cfg``'s CT draws."""
-    from medidiff.benchmark import _score as score_sample
-    from medidiff.benchmark import make_samples
-
     samples = make_samples(cfg, modality="CT")
     rows = []
     for model in models:
@@ -138,8 +144,6 @@ def score_models(cfg, models: list[str]) -> list[tuple[str, float, str, float, f
 
 
 def whole(args: argparse.Namespace) -> None:
-    from medidiff.benchmark import load_benchmark_config
-
     cfg = load_benchmark_config(args.config, data_dir=args.data_dir)
     for case, level, model, psnr, ssim, sigma in score_models(cfg, args.models):
         print(f"{case} {level:g} HU, medidiff {model} (sigma est {sigma:.1f}): {psnr:.2f} dB / {ssim:.4f}")
