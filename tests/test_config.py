@@ -250,16 +250,23 @@ def test_the_stage_presets_build_on_stage_7() -> None:
     assert len(set(seeds)) == len(seeds)  # every stage draws its own patches
 
 
-def test_ct_stage_4_is_stage_3_trained_on_with_a_new_seed() -> None:
-    stage3 = load_config(REPO / "configs" / "ct-zoom.yaml")
-    stage4 = load_config(REPO / "configs" / "ct-stage4.yaml")
-    assert stage4.data == stage3.data and stage4.model == stage3.model and stage4.noise == stage3.noise
-    assert stage4.data.zoom_fraction == 0.5 and stage4.data.modality == "CT"
-    assert stage4.train.seed != stage3.train.seed and stage4.train.max_steps == 3000
-    assert Path(stage4.train.init_weights).name == "ct-stage3.safetensors"
-    assert dataclasses.replace(stage4.train, seed=stage3.train.seed, max_steps=stage3.train.max_steps,
-                               init_weights=stage3.train.init_weights) == stage3.train  # fmt: skip
-    assert stage4.output_dir.endswith("ct-stage4")
+def test_each_ct_stage_after_3_is_the_stage_before_trained_on_with_a_new_seed() -> None:
+    names = (re.fullmatch(r"ct-stage(\d+)", p.stem) for p in (REPO / "configs").glob("ct-stage*.yaml"))
+    stages = sorted(int(m[1]) for m in names if m)
+    assert stages[:3] == [4, 5, 6]
+    previous, seeds = load_config(REPO / "configs" / "ct-zoom.yaml"), []  # stage 3
+    for n in stages:
+        cfg = load_config(REPO / "configs" / f"ct-stage{n}.yaml")
+        assert cfg.data == previous.data and cfg.model == previous.model and cfg.noise == previous.noise
+        assert cfg.data.zoom_fraction == 0.5 and cfg.data.modality == "CT" and cfg.train.max_steps == 3000
+        assert Path(cfg.train.init_weights).name == f"ct-stage{n - 1}.safetensors"
+        same = dataclasses.replace(cfg.train, seed=previous.train.seed, max_steps=previous.train.max_steps,
+                                   init_weights=previous.train.init_weights)  # fmt: skip
+        assert same == previous.train
+        assert cfg.output_dir.endswith(f"ct-stage{n}")
+        seeds.append(cfg.train.seed)
+        previous = cfg
+    assert len(set(seeds)) == len(seeds) and load_config(REPO / "configs" / "ct-zoom.yaml").train.seed not in seeds
 
 
 def test_a_value_yaml_cannot_build_is_a_config_error(tmp_path: Path) -> None:
