@@ -437,3 +437,22 @@ def test_an_installed_package_finds_the_config_of_the_clone_it_runs_in(tmp_path:
     assert Path(benchmark.load_benchmark_config().data_dir) == benchmark.DEFAULT_DATA_DIR.resolve()
     monkeypatch.chdir(tmp_path)  # neither: the package's parent, and the built-in defaults
     assert benchmark.source_root() == tmp_path / "site-packages"
+
+
+def test_the_recorded_benchmark_names_the_weights_that_ship() -> None:
+    """docs/benchmarks.md's table was measured with the bundled weights: a new weights file needs a rerun."""
+    import hashlib
+    import re
+
+    from medidiff.checkpoint import BUNDLED
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md").read_text()
+    section = text.split("<!-- benchmark:start -->", 1)[1].split("<!-- benchmark:end -->", 1)[0]
+    line = re.search(r"medidiff models \(sha256 of the weights file\): (.*)\.", section)
+    assert line, "the benchmark section names no models"
+    recorded = dict(item.split() for item in line[1].split(", "))
+    shipped = {name: hashlib.sha256(path.read_bytes()).hexdigest()[:12] for name, path in BUNDLED.items()}
+    assert recorded == shipped
+    machines = text.split("## Machines", 1)[1].split("\n## ", 1)[0]
+    for name, digest in shipped.items():
+        assert re.search(rf"`{name}\.safetensors`( sha256)? {digest}", machines), name
