@@ -12,7 +12,7 @@ true sigma), by ``medidiff denoise``'s defaults, on MR also by the defaults with
 times after one warm-up call of medidiff; the fastest of each is compared.
 ``--precision`` is passed on to every medidiff run. ``ONEDNN_MAX_CPU_ISA`` limits the instructions oneDNN
 (PyTorch's CPU convolutions) uses, so an AMX machine can show roughly how the network runs without
-AMX; it does not change NLM. docs/benchmarks.md (window size) quotes the output.
+AMX; it does not change NLM. docs/benchmarks.md (window size, CT speed) quotes the output.
 """
 
 from __future__ import annotations
