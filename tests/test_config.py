@@ -254,7 +254,8 @@ def test_each_ct_stage_after_3_is_the_stage_before_trained_on_with_a_new_seed() 
     names = (re.fullmatch(r"ct-stage(\d+)", p.stem) for p in (REPO / "configs").glob("ct-stage*.yaml"))
     stages = sorted(int(m[1]) for m in names if m)
     assert stages[:3] == [4, 5, 6]
-    previous, seeds = load_config(REPO / "configs" / "ct-zoom.yaml"), []  # stage 3
+    stage3 = load_config(REPO / "configs" / "ct-zoom.yaml")
+    previous, seeds = stage3, []
     for n in stages:
         cfg = load_config(REPO / "configs" / f"ct-stage{n}.yaml")
         assert cfg.data == previous.data and cfg.model == previous.model and cfg.noise == previous.noise
@@ -266,7 +267,7 @@ def test_each_ct_stage_after_3_is_the_stage_before_trained_on_with_a_new_seed() 
         assert cfg.output_dir.endswith(f"ct-stage{n}")
         seeds.append(cfg.train.seed)
         previous = cfg
-    assert len(set(seeds)) == len(seeds) and load_config(REPO / "configs" / "ct-zoom.yaml").train.seed not in seeds
+    assert len(set(seeds)) == len(seeds) and stage3.train.seed not in seeds
 
 
 def test_a_value_yaml_cannot_build_is_a_config_error(tmp_path: Path) -> None:
