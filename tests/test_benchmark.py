@@ -135,7 +135,8 @@ def test_repository_config_mirrors_the_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "cases"), [("ct_abdomen_in_sample.yaml", 1), ("mr_mni152.yaml", 1),
-                                             ("mr_phantom_head.yaml", 1), ("thick_slices.yaml", 2)])
+                                             ("mr_phantom_head.yaml", 1), ("thick_slices.yaml", 2),
+                                             ("ct_phantom_head.yaml", 1)])
 def test_extra_benchmark_configs_load(name: str, cases: int, tmp_path: Path) -> None:
     """The configs under benchmarks/ that docs/benchmarks.md runs: valid keys, the cases they name."""
     cfg = benchmark.load_benchmark_config(Path(__file__).parents[1] / "benchmarks" / name, data_dir=tmp_path)
@@ -144,21 +145,24 @@ def test_extra_benchmark_configs_load(name: str, cases: int, tmp_path: Path) -> 
     assert Path(cfg.data_dir) == tmp_path.resolve()
 
 
-def test_phantom_benchmark_case_is_the_file_write_phantom_makes(tmp_path: Path) -> None:
-    """benchmarks/write_phantom.py writes the head the phantom benchmark config reads, geometry included."""
+@pytest.mark.parametrize(("config", "contrast"), [("mr_phantom_head.yaml", "T1"), ("ct_phantom_head.yaml", "CT")])
+def test_phantom_benchmark_case_is_the_file_write_phantom_makes(config: str, contrast: str, tmp_path: Path) -> None:
+    """benchmarks/write_phantom.py writes the head the phantom benchmark configs read, geometry included."""
     import subprocess
     import sys
 
     from medidiff.phantom import head_phantom, phantom_affine
 
     root = Path(__file__).parents[1]
-    cfg = benchmark.load_benchmark_config(root / "benchmarks" / "mr_phantom_head.yaml", data_dir=tmp_path)
+    cfg = benchmark.load_benchmark_config(root / "benchmarks" / config, data_dir=tmp_path)
     out = tmp_path / cfg.cases[0].file
-    cmd = [sys.executable, str(root / "benchmarks" / "write_phantom.py"), str(out), "--shape", "24", "32", "24"]
+    cmd = [sys.executable, str(root / "benchmarks" / "write_phantom.py"), str(out), "--shape", "24", "32", "24",
+           "--contrast", contrast]
     subprocess.run(cmd, check=True, capture_output=True)
     img = nib.load(str(out))
-    np.testing.assert_array_equal(np.asarray(img.dataobj), head_phantom((24, 32, 24), "T1", seed=7001))
+    np.testing.assert_array_equal(np.asarray(img.dataobj), head_phantom((24, 32, 24), contrast, seed=7001))  # type: ignore[arg-type]
     np.testing.assert_allclose(img.affine, phantom_affine((24, 32, 24), 1.0))
+    assert cfg.cases[0].modality == ("CT" if contrast == "CT" else "MR")
 
 
 @pytest.mark.parametrize(
