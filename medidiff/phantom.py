@@ -83,12 +83,12 @@ def head_phantom(
     texture = _smooth_field(shape, rng, 1.0)
     if contrast == "CT":
         # CT numbers are calibrated: no bias field, a few HU of smooth texture (more in bone)
-        out = out + (3.0 + 0.05 * np.clip(out, 0.0, None)) * (0.5 * bias + texture)
-        out[radius >= 1.0] = _CONTRAST["background"][idx]
-        return out.astype(np.float32)
-    out = out * (1.0 + 0.15 * bias) * (1.0 + 0.02 * texture)
-    out[radius >= 1.0] = 0.0
-    return np.clip(out, 0.0, None).astype(np.float32)
+        hu = out + (3.0 + 0.05 * np.clip(out, 0.0, None)) * (0.5 * bias + texture)
+        hu[radius >= 1.0] = _CONTRAST["background"][idx]
+        return hu.astype(np.float32)
+    shaded = out * (1.0 + 0.15 * bias) * (1.0 + 0.02 * texture)
+    shaded[radius >= 1.0] = 0.0
+    return np.clip(shaded, 0.0, None).astype(np.float32)
 
 
 def phantom_affine(shape: tuple[int, int, int], spacing: float = 2.0) -> np.ndarray:
