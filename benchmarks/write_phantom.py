@@ -6,7 +6,8 @@ Usage: python benchmarks/write_phantom.py OUT.nii.gz [--shape 181 217 181] [--co
 medidiff.phantom.head_phantom: scalp, skull, CSF, grey and white matter, ventricles and lesions,
 piecewise constant up to a smooth bias field and a 2 % texture, zero background around the head,
 like BrainWeb's simulated brains; ``--contrast CT`` writes the same anatomy in Hounsfield units (air
--1000 around the head, bone about 1200, brain 27-38 HU, a bleed at 65 HU). The training phantoms
+-1000 around the head, bone about 1200, brain 27-38 HU, a bleed at 65 HU, blurred by a point spread of
+half a voxel). The training phantoms
 (``data.synthetic_phantoms``) use seeds 1000 and up and the demo seed 0, so the default seed draws a
 head no model has seen. The clean volume is written as float32 with a RAS affine; benchmarks/mr_phantom_head.yaml and
 benchmarks/ct_phantom_head.yaml add the noise.

@@ -294,9 +294,8 @@ class PatchDataset(torch.utils.data.Dataset):
         for k in range(n):
             sx, sy, sz = (max(p, s) for p, s in zip(patch_size, (96, 112, 96), strict=True))
             shape = (sx, sy, sz)
-            clean = head_phantom(shape, contrast="T2" if k % 2 else "T1", seed=1000 + k)  # type: ignore[arg-type]
-            if modality == "CT":
-                clean = clean * 1400.0 - 1000.0  # a crude HU mapping: air -1000, tissue around 0..400
+            contrast = "CT" if modality == "CT" else ("T2" if k % 2 else "T1")
+            clean = head_phantom(shape, contrast=contrast, seed=1000 + k)  # type: ignore[arg-type]
             vol = Volume.from_array(clean, phantom_affine(shape, 1.5))
             out.append(transform({"image": vol.to_metatensor(), "name": f"phantom-{k}"}))
         return out

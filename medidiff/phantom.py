@@ -4,7 +4,8 @@ Nested, randomly deformed ellipsoids give scalp, skull, CSF, grey matter, white 
 and a few lesions; folded boundaries come from smooth random fields, and a smooth multiplicative
 bias field and mild texture make it look acquired. Intensities follow T1 or T2 contrast in [0, 1],
 or CT contrast in Hounsfield units (air -1000, bone about 1200, brain 25-40 HU; a few HU of smooth
-texture instead of a bias field, which CT does not have). Everything is drawn from a seeded NumPy
+texture instead of a bias field, which CT does not have, and a Gaussian point spread of half a
+voxel, as a reconstruction has). Everything is drawn from a seeded NumPy
 generator, so a seed always gives the same phantom.
 """
 
@@ -25,6 +26,8 @@ _CONTRAST = {
     "lesion": (0.35, 0.85, 65.0),
 }
 _COLUMN = {"T1": 0, "T2": 1, "CT": 2}
+# Gaussian point spread of the CT contrast, in voxels (full width at half maximum 1.2 voxels)
+CT_PSF_SIGMA = 0.5
 
 
 def _smooth_field(shape: tuple[int, ...], rng: np.random.Generator, scale: float) -> np.ndarray:
@@ -83,9 +86,12 @@ def head_phantom(
     texture = _smooth_field(shape, rng, 1.0)
     if contrast == "CT":
         # CT numbers are calibrated: no bias field, a few HU of smooth texture (more in bone)
+        from scipy.ndimage import gaussian_filter
+
         hu = out + (3.0 + 0.05 * np.clip(out, 0.0, None)) * (0.5 * bias + texture)
         hu[radius >= 1.0] = _CONTRAST["background"][idx]
-        return hu.astype(np.float32)
+        # a reconstructed CT never has one-voxel steps of 1200 HU: blur by the scanner's point spread
+        return gaussian_filter(hu, CT_PSF_SIGMA).astype(np.float32)
     shaded = out * (1.0 + 0.15 * bias) * (1.0 + 0.02 * texture)
     shaded[radius >= 1.0] = 0.0
     return np.clip(shaded, 0.0, None).astype(np.float32)
