@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from guided_radius_grid import recorrupt  # noqa: E402
 from mr_draws import bm4d_key  # noqa: E402
+from mr_reference_noise import draws  # noqa: E402
 from network_sigma_scale import ssim_noisy_reference  # noqa: E402
 
 from medidiff import metrics  # noqa: E402
@@ -71,3 +72,15 @@ def test_bm4d_cache_key_changes_with_everything_bm4d_s_score_depends_on(pair) ->
     assert bm4d_key(sample(mask=~mask), "4.2.5") != key
     assert bm4d_key(sample(sigma_true=0.05), "4.2.5") != key
     assert bm4d_key(sample(), "4.2.6") != key
+
+
+def test_noisy_reference_draws_add_each_level_on_top_of_the_reference() -> None:
+    # bright flat tissue: Rician noise there is close to Gaussian of the stated std
+    clean = np.full((40, 40, 40), 0.7, dtype=np.float32)
+    reference, inputs = draws(clean, 2.0, [3.0, 9.0], seed=4)
+    assert float(np.std(reference - clean)) == pytest.approx(0.02, rel=0.05)
+    for level, noisy in zip([0.03, 0.09], inputs, strict=True):
+        assert float(np.std(noisy - reference)) == pytest.approx(level, rel=0.05)
+        assert abs(float(np.corrcoef((noisy - reference).ravel(), (reference - clean).ravel())[0, 1])) < 0.03
+    again, _ = draws(clean, 2.0, [3.0, 9.0], seed=4)
+    np.testing.assert_array_equal(reference, again)
