@@ -249,8 +249,8 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
                    help="after the network, average the noisy scan over a ball of R voxels weighted by the "
                    "network's estimate and the scan's local means; 0 turns it off (default: MR 3.7, CT 3)")
     p.add_argument("--blend", type=_nonneg_float, default=None, metavar="F",
-                   help="keep a share F (0-1) of the input: (1 - F) x denoised + F x input; 0 gives the smoothest "
-                   "CT (default: MR 0, CT 0.15: some grain is kept, as a full-dose scan has)")
+                   help="keep a share F (0-1) of the input: (1 - F) x denoised + F x input; on CT some grain, as "
+                   "a full-dose scan has, 0 for the smoothest result (default: MR 0, CT 0.15)")
     p.add_argument("--detail-floor", type=_nonneg_float, default=None, metavar="F",
                    help="after guided averaging, smooth away the finest detail no stronger than F x sigma, 0-1 "
                    "(left-over noise in flat tissue); 0 turns it off (default: MR 0.05, CT 0)")
