@@ -3,7 +3,8 @@
 Usage:
     python benchmarks/fine_voxels.py write OUT_DIR [--data-dir DIR]
     python benchmarks/fine_voxels.py sweep SCAN FACTOR [--reference-noise HU] [--level HU]
-                                     [--scales 1 1.2 1.4 1.7] [--seed 7] [--models ct FILE ...]
+                                     [--scales 1 1.2 1.4 1.7] [--blends default 0] [--seed 7]
+                                     [--models ct FILE ...]
                                      [--anchors] [--data-dir DIR]
     python benchmarks/fine_voxels.py whole DATA_DIR [--models ct FILE ...] [--config YAML]
     python benchmarks/fine_voxels.py mr FACTOR [--levels 5 9] [--anchors] [--data-dir DIR]
@@ -16,8 +17,9 @@ with ``--reference-noise`` a first projection-domain low-dose simulation at that
 reference (a real full-dose series carries noise of its own at its pixel size; interpolation alone
 leaves the reference smoother than any real scan), then ``--level`` HU are simulated on top of it.
 Prints foreground PSNR / SSIM (HU window [-1000, 1000], range 2000) of the noisy slab, of
-medidiff's default told each ``--scales`` value as its network sigma scale (for each of
-``--models``: a name, a run folder or a weights file), and with ``--anchors`` of DIPY's NLM
+medidiff's default told each ``--scales`` value as its network sigma scale, with each of ``--blends``
+(``default``: the CT default's blend), for each of ``--models`` (a name, a run folder or a weights
+file), and with ``--anchors`` of DIPY's NLM
 (blockwise, its default, and classic) and BM4D (if installed) given the sigma of the added noise.
 
 ``whole``: each of ``--models`` with medidiff's defaults on the whole upsampled chest that ``write``
@@ -99,6 +101,10 @@ def _score(clean: np.ndarray, image: np.ndarray, mask: np.ndarray) -> str:
             f"{metrics.ssim(ref, test, mask, data_range=2000.0):.4f}")  # fmt: skip
 
 
+def _blend(text: str) -> float | None:
+    return None if text == "default" else float(text)
+
+
 def sweep(args: argparse.Namespace) -> None:
     x, affine = upsample_in_plane(nib.load(Path(args.data_dir) / args.scan), args.factor, SLAB)
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
@@ -115,10 +121,16 @@ def sweep(args: argparse.Namespace) -> None:
     for model in args.models:
         den = Denoiser(model=model, device="cpu")
         for scale in args.scales:
-            start = time.perf_counter()
-            out = den.denoise_volume(Volume.from_array(noisy, affine, modality="CT"), network_sigma_scale=scale)
-            print(f"medidiff {model}, network sigma scale {scale:g} (sigma est {out.sigma:.1f}): "
-                  f"{_score(reference, out.volume.data[0], mask)} in {time.perf_counter() - start:.1f} s")  # fmt: skip
+            for blend in args.blends:
+                options = {} if blend is None else {"blend": blend}
+                start = time.perf_counter()
+                out = den.denoise_volume(
+                    Volume.from_array(noisy, affine, modality="CT"), network_sigma_scale=scale, **options
+                )
+                told = f"network sigma scale {scale:g}" + ("" if blend is None else f", blend {blend:g}")
+                seconds = time.perf_counter() - start
+                print(f"medidiff {model}, {told} (sigma est {out.sigma:.1f}): "
+                      f"{_score(reference, out.volume.data[0], mask)} in {seconds:.1f} s")  # fmt: skip
     if args.anchors:
         anchors = (("DIPY NLM (blockwise)", _nlmeans), ("DIPY NLM (classic)", _nlmeans_classic), ("BM4D", _bm4d))
         for name, method in anchors:
@@ -190,6 +202,8 @@ def main() -> None:
     s.add_argument("--reference-noise", type=float, default=0.0)
     s.add_argument("--level", type=float, default=50.0)
     s.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.2, 1.4, 1.7])
+    s.add_argument("--blends", type=_blend, nargs="+", default=[None],
+                   help="blends to run each scale with; 'default' is the CT default")
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--models", nargs="+", default=["ct"])
     s.add_argument("--anchors", action="store_true")
