@@ -5,8 +5,8 @@ and a few lesions; folded boundaries come from smooth random fields, and a smoot
 bias field and mild texture make it look acquired. Intensities follow T1 or T2 contrast in [0, 1],
 or CT contrast in Hounsfield units (air -1000, bone about 1200, brain 25-40 HU; a few HU of smooth
 texture instead of a bias field, which CT does not have, and a Gaussian point spread of half a
-voxel, as a reconstruction has). Everything is drawn from a seeded NumPy
-generator, so a seed always gives the same phantom.
+voxel, as a reconstruction has). Everything is drawn from a seeded NumPy generator, so a seed
+always gives the same phantom.
 """
 
 from __future__ import annotations
