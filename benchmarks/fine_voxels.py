@@ -19,8 +19,8 @@ leaves the reference smoother than any real scan), then ``--level`` HU are simul
 Prints foreground PSNR / SSIM (HU window [-1000, 1000], range 2000) of the noisy slab, of
 medidiff's default told each ``--scales`` value as its network sigma scale, with each of ``--blends``
 (``default``: the CT default's blend), for each of ``--models`` (a name, a run folder or a weights
-file), and with ``--anchors`` of DIPY's NLM
-(blockwise, its default, and classic) and BM4D (if installed) given the sigma of the added noise.
+file), and with ``--anchors`` of DIPY's NLM (blockwise, its default, and classic) and BM4D (if
+installed) given the sigma of the added noise.
 
 ``whole``: each of ``--models`` with medidiff's defaults on the whole upsampled chest that ``write``
 put in DATA_DIR, with the noise draws of ``medidiff benchmark --config benchmarks/fine_voxels_ct.yaml``

@@ -70,13 +70,14 @@ def main() -> None:
     for level, noisy in zip(args.levels, inputs, strict=True):
         print(f"{level:g} % added")
         score("noisy", noisy, 0.0)
+        volume = Volume.from_array(noisy, img.affine, modality="MR")
         for model, den in denoisers.items():
             start = time.perf_counter()
-            out = den.denoise_volume(Volume.from_array(noisy, img.affine, modality="MR"))
+            out = den.denoise_volume(volume)
             score(f"medidiff {model} (sigma est {100 * float(out.sigma):.2f} %)", out.volume.data[0],
                   time.perf_counter() - start)
             start = time.perf_counter()
-            out = den.denoise_volume(Volume.from_array(noisy, img.affine, modality="MR"), sigma=level / 100.0)
+            out = den.denoise_volume(volume, sigma=level / 100.0)
             score(f"medidiff {model}, told the added sigma", out.volume.data[0], time.perf_counter() - start)
         if args.anchors:
             settings = ClassicalSettings()
