@@ -10,12 +10,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+from ct_dicom_series import PADDING_HU, sitk_affine_ras, write_dicom  # noqa: E402
 from guided_radius_grid import recorrupt  # noqa: E402
 from mr_draws import bm4d_key  # noqa: E402
 from mr_reference_noise import draws  # noqa: E402
 from network_sigma_scale import ssim_noisy_reference  # noqa: E402
 
-from medidiff import metrics  # noqa: E402
+from medidiff import metrics, read_volume  # noqa: E402
 from medidiff.phantom import head_phantom  # noqa: E402
 
 
@@ -84,3 +85,17 @@ def test_noisy_reference_draws_add_each_level_on_top_of_the_reference() -> None:
         assert abs(float(np.corrcoef((noisy - reference).ravel(), (reference - clean).ravel())[0, 1])) < 0.03
     again, _ = draws(clean, 2.0, [3.0, 9.0], seed=4)
     np.testing.assert_array_equal(reference, again)
+
+
+def test_the_benchmark_dicom_series_reads_back_as_written(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    hu = np.rint(rng.normal(0.0, 300.0, (20, 24, 6))).astype(np.float32)
+    hu[:3] = PADDING_HU
+    write_dicom(hu, (0.75, 0.8, 1.5), tmp_path / "series")
+    volume = read_volume(tmp_path / "series")
+    np.testing.assert_array_equal(volume.data[0], hu)
+    assert volume.meta.modality == "CT"
+    shape, affine = sitk_affine_ras(tmp_path / "series")
+    assert shape == hu.shape
+    np.testing.assert_allclose(volume.meta.affine, affine, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), [0.75, 0.8, 1.5], atol=1e-6)
