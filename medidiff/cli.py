@@ -255,7 +255,8 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
                    help="after guided averaging, smooth away the finest detail no stronger than F x sigma, 0-1 "
                    "(left-over noise in flat tissue); 0 turns it off (default: MR 0.05, CT 0)")
     p.add_argument("--network-sigma-scale", type=_positive_float, default=None, metavar="S",
-                   help="tell the network S x sigma, 0.5-2; the steps after it keep sigma (default: MR 1.1, CT 1)")
+                   help="tell the network S x sigma, 0.5-2; the steps after it keep sigma (default: MR 1.1, CT 1, "
+                        "rising to 1.2 for CT pixels of 0.75 mm and below)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of every random draw")
     p.add_argument("--uncertainty", default=None,
                    help="write the voxelwise std over --samples/--flips runs here (a file, or a folder for batches)")

@@ -161,7 +161,7 @@ def _denoise_jobs(args: argparse.Namespace, options: Any, jobs: list[Any], bids_
     if args.model is not None and len(jobs) > 1:  # a model given serves every scan: a bad one fails once
         denoiser.load("MR")
     # steps, sampler, guided radius, blend, network sigma scale and detail floor as given: their
-    # defaults depend on each scan's modality
+    # defaults depend on each scan's modality (the CT network sigma scale also on its pixel size)
     by_modality = ("steps", "sampler", "guided_radius", "blend", "network_sigma_scale", "detail_floor")
     run_options = {
         k: getattr(args if k in by_modality else options, k)

@@ -49,6 +49,12 @@ DEFAULT_BLEND = {"MR": 0.0, "CT": 0.15}
 # the noise level the network is told, as a multiple of the estimate (or --sigma), by modality: on
 # unseen brains the MR model removes more of the noise when told 10 % more; docs/design.md, section 4
 DEFAULT_NETWORK_SIGMA_SCALE = {"MR": 1.1, "CT": 1.0}
+# CT with finer pixels than the model was trained on (1.5-3 mm): the network takes part of the
+# fine-grained noise for structure and keeps it; told more noise, it removes it. The CT default rises
+# linearly from its value above at an in-plane pixel of 0.9 mm to 1.2 at 0.75 mm and below;
+# docs/design.md, section 4, "The network's noise level"
+CT_FINE_PIXEL_MM = (0.9, 0.75)  # in-plane pixel (mm) where the rise starts and where it ends
+CT_FINE_PIXEL_SCALE = 1.2  # the CT network sigma scale at the end of the rise
 CT_PADDING_BELOW = -1100.0  # HU: air is -1000; a noisy air voxel may lie lower, but not many at one exact value
 CT_PADDING_MIN_SHARE = 0.001  # of the voxels, for the lowest value to count as padding
 # noise left in the finest detail after guided averaging, as a fraction of sigma, by modality: detail
@@ -107,7 +113,8 @@ class DenoiseOptions:
         strength: extra re-noising before the reverse process, as a fraction of the network's sigma
             (SDEdit).
         network_sigma_scale: the network is told ``sigma`` times this (0.5-2); guided averaging and
-            the reported sigma keep ``sigma``. None: 1.1 for MR, 1 for CT (``DEFAULT_NETWORK_SIGMA_SCALE``).
+            the reported sigma keep ``sigma``. None: 1.1 for MR, 1 for CT, rising to 1.2 for CT
+            pixels of 0.75 mm and below (:func:`default_network_sigma_scale`).
         seed: seed of every random draw.
         roi_size: window size of the sliding-window inference (voxels); None: windows fitted to the
             box around the signal, close to the training patch plus 8 voxels (40 for the bundled models).
@@ -142,8 +149,8 @@ class DenoiseOptions:
         """Runs averaged per volume: ``samples`` on each of ``flips`` mirror images."""
         return self.samples * self.flips
 
-    def resolved(self, modality: str | None = None) -> DenoiseOptions:
-        """Fill defaults (the step count by ``modality``, MR when None) and validate.
+    def resolved(self, modality: str | None = None, spacing: tuple[float, ...] | None = None) -> DenoiseOptions:
+        """Fill defaults (by ``modality``, MR when None; CT's network sigma scale also by ``spacing``, mm); validate.
 
         Raises:
             MedidiffError: naming the bad option.
@@ -167,7 +174,7 @@ class DenoiseOptions:
             raise MedidiffError(f"--blend must lie in [0, 1], got {blend}")
         scale = self.network_sigma_scale
         if scale is None:
-            scale = DEFAULT_NETWORK_SIGMA_SCALE.get(modality or "MR", 1.0)
+            scale = default_network_sigma_scale(modality or "MR", spacing)
         low, high = NETWORK_SIGMA_SCALE_RANGE
         if not (math.isfinite(scale) and low <= scale <= high):
             raise MedidiffError(f"--network-sigma-scale must lie in [{low:g}, {high:g}], got {scale:g}")
@@ -212,6 +219,27 @@ class DenoiseOptions:
             self, sampler=sampler, steps=steps, guided_radius=guided, blend=blend, network_sigma_scale=scale,
             detail_floor=floor,
         )
+
+
+def in_plane_pixel(spacing: tuple[float, ...]) -> float:
+    """The in-plane pixel size of a scan, mm: the mean of its two finest voxel spacings."""
+    finest = sorted(float(v) for v in spacing[:3])[:2]
+    return sum(finest) / len(finest)
+
+
+def default_network_sigma_scale(modality: str, spacing: tuple[float, ...] | None = None) -> float:
+    """The network sigma scale by modality; for CT with ``spacing`` (mm), raised on fine pixels.
+
+    CT: ``DEFAULT_NETWORK_SIGMA_SCALE["CT"]`` (1) at an in-plane pixel of ``CT_FINE_PIXEL_MM[0]``
+    (0.9 mm) and above, ``CT_FINE_PIXEL_SCALE`` (1.2) at ``CT_FINE_PIXEL_MM[1]`` (0.75 mm) and
+    below, linear between.
+    """
+    base = DEFAULT_NETWORK_SIGMA_SCALE.get(modality, 1.0)
+    if modality != "CT" or spacing is None or len(spacing) < 2:
+        return base
+    start, end = CT_FINE_PIXEL_MM
+    share = min(1.0, max(0.0, (start - in_plane_pixel(spacing)) / (start - end)))
+    return base + (CT_FINE_PIXEL_SCALE - base) * share
 
 
 @dataclass
@@ -579,7 +607,9 @@ class Denoiser:
         if modality is not None:
             modality = _checked_modality(modality)
         modality = modality or volume.meta.modality or guess_modality(volume)
-        opts = dataclasses.replace(opts, device="cuda" if self.device.type == "cuda" else "cpu").resolved(modality)
+        opts = dataclasses.replace(opts, device="cuda" if self.device.type == "cuda" else "cpu").resolved(
+            modality, volume.meta.spacing
+        )
         opts = dataclasses.replace(opts, precision=resolve_precision(opts.precision, self.device))
         if min(volume.spatial_shape) < MIN_SIZE:
             raise MedidiffError(

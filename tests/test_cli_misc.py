@@ -34,4 +34,7 @@ def test_denoise_help_states_the_defaults_the_denoiser_uses() -> None:
         "network_sigma_scale": inf.DEFAULT_NETWORK_SIGMA_SCALE,
     }
     for dest, table in tables.items():
-        assert f"(default: MR {table['MR']:g}, CT {table['CT']:g})" in helps[dest], dest
+        closing = ", rising" if dest == "network_sigma_scale" else ")"
+        assert f"(default: MR {table['MR']:g}, CT {table['CT']:g}{closing}" in helps[dest], dest
+    fine = f"rising to {inf.CT_FINE_PIXEL_SCALE:g} for CT pixels of {inf.CT_FINE_PIXEL_MM[1]:g} mm and below)"
+    assert fine in helps["network_sigma_scale"]

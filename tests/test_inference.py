@@ -145,6 +145,7 @@ def test_network_is_told_the_scaled_sigma_and_the_steps_after_it_the_estimate(de
     assert DenoiseOptions().resolved("MR").network_sigma_scale == 1.1
     assert DenoiseOptions().resolved("CT").network_sigma_scale == 1.0
     assert DenoiseOptions(network_sigma_scale=1.3).resolved("CT").network_sigma_scale == 1.3
+
     scaled = den.denoise_volume(vol, sigma=0.05, guided_radius=0)  # the MR default, 1.1
     told = den.denoise_volume(vol, sigma=0.055, guided_radius=0, network_sigma_scale=1.0)
     plain = den.denoise_volume(vol, sigma=0.05, guided_radius=0, network_sigma_scale=1.0)
@@ -157,6 +158,25 @@ def test_network_is_told_the_scaled_sigma_and_the_steps_after_it_the_estimate(de
                               spacing=vol.meta.spacing)
     np.testing.assert_allclose(result.volume.data[0], expected, rtol=1e-4, atol=1e-5)
 
+
+@pytest.mark.parametrize(
+    ("spacing", "ct_scale"),
+    [((1.5, 1.5, 1.5), 1.0), ((0.9, 0.9, 3.0), 1.0), ((0.825, 0.825, 1.0), 1.1), ((0.75, 0.75, 1.5), 1.2),
+     ((0.45, 0.45, 5.0), 1.2), ((3.0, 0.7, 0.8), 1.2)],
+)  # fmt: skip
+def test_the_ct_network_sigma_scale_rises_on_fine_pixels_only(spacing, ct_scale) -> None:
+    assert DenoiseOptions().resolved("CT", spacing).network_sigma_scale == pytest.approx(ct_scale)
+    assert DenoiseOptions().resolved("MR", spacing).network_sigma_scale == 1.1
+    assert DenoiseOptions(network_sigma_scale=1.0).resolved("CT", spacing).network_sigma_scale == 1.0
+
+
+
+def test_denoise_takes_the_ct_scale_from_the_scan_s_pixels(den: Denoiser) -> None:
+    hu = _volume().data[0] * 2000.0 - 1000.0
+    fine = den.denoise_volume(Volume.from_array(hu, np.diag([0.7, 0.7, 1.5, 1.0]), modality="CT"), sigma=40.0)
+    coarse = den.denoise_volume(Volume.from_array(hu, np.diag([1.5, 1.5, 1.5, 1.0]), modality="CT"), sigma=40.0)
+    assert fine.info["network_sigma_scale"] == pytest.approx(1.2)
+    assert coarse.info["network_sigma_scale"] == 1.0
 
 def test_blend_scales_the_uncertainty_with_the_denoised_share(den: Denoiser) -> None:
     vol = _volume()
