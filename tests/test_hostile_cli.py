@@ -701,7 +701,7 @@ def test_help_gives_defaults_without_a_meaningless_none(capsys):
     assert rc == 0
     text = " ".join(out.split())
     assert "(default: None)" not in text
-    assert "(default: MR 1.1, CT 1)" in text  # the help of a modality-dependent default says it
+    assert "(default: MR 0, CT 0.15)" in text  # the help of a modality-dependent default says it
     assert "(default: 0.2)" in text  # a plain default is still shown
 
 
