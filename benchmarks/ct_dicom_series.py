@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/ct_dicom_series.py SCAN OUT_DIR [--level 50] [--reference-noise 15] [--canvas 512]
                                          [--slices N] [--seed 5] [--classic] [--bm4d]
+                                         [--also "--sigma 27.2" "--network-sigma-scale 1" ...]
 
 SCAN is a CT NIfTI in HU, e.g. the 0.75 mm chest that ``benchmarks/fine_voxels.py write`` makes. Its
 middle ``--slices`` axial slices (all by default) become the reference after a first projection-domain
@@ -17,7 +18,8 @@ Then, each as a separate process timed with ``/usr/bin/time`` (wall seconds, pea
 ``medidiff denoise DICOM_DIR -o OUT.nii.gz`` with its defaults, and a script that reads the same folder
 with ``medidiff.read_volume``, runs DIPY's NLM (its default blockwise method, and with ``--classic`` the
 classic one) given the sigma of the added noise, as ``medidiff benchmark`` runs it, and writes NIfTI.
-With ``--bm4d`` (if installed) BM4D, given the same sigma, runs in this process on the box around the
+Each ``--also`` string is a further ``medidiff denoise`` run with those options added, scored the
+same way. With ``--bm4d`` (if installed) BM4D, given the same sigma, runs in this process on the box around the
 body only (on the whole canvas it would need about 40 GB); its time is of that box.
 Prints foreground PSNR / SSIM (HU window [-1000, 1000], range 2000, the body mask of the reference) of
 each, and checks medidiff's output against SimpleITK's reading of the series: same shape, same affine
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -156,6 +159,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--classic", action="store_true", help="also DIPY's classic NLM (slow)")
     parser.add_argument("--bm4d", action="store_true", help="also BM4D on the box around the body (slow)")
+    parser.add_argument("--also", nargs="*", default=[], metavar="OPTIONS",
+                        help="further medidiff denoise runs, each with these options added (one quoted string each)")
     args = parser.parse_args()
 
     args.out_dir.mkdir(parents=True, exist_ok=False)
@@ -186,6 +191,11 @@ def main() -> None:
           f"(SimpleITK {shape}), affine {'equal' if same_affine else 'DIFFERENT'}, padding "
           f"{'unchanged' if padding_back else 'CHANGED'}, sigma est {sidecar.get('sigma', 'n/a')}")  # fmt: skip
     rows.append(wall)
+    for k, extra in enumerate(args.also):
+        path = args.out_dir / f"medidiff_also{k}.nii.gz"
+        wall, mib = timed(["medidiff", "denoise", str(dicom_dir), "-o", str(path), *shlex.split(extra)])
+        print(f"medidiff {extra}: {score(np.asarray(nib.load(path).dataobj, dtype=np.float32))}, "
+              f"{wall:.1f} s, {mib:.0f} MiB")  # fmt: skip
     methods = ["blockwise"] + (["classic"] if args.classic else [])
     for method in methods:
         path = args.out_dir / f"nlm_{method}.nii.gz"
