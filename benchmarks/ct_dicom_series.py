@@ -38,8 +38,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from fine_voxels import _score  # the same HU window, range and masked PSNR / SSIM as the fine-voxel probes
 
 from medidiff import metrics
+from medidiff.batch import sidecar_path
 from medidiff.ct_dose import simulate_low_dose
 
 PADDING_HU = -3024
@@ -173,35 +175,33 @@ def main() -> None:
     inside = reference > PADDING_HU
     mask = metrics.foreground_mask(np.where(inside, reference, -1000.0), "CT", slice_axis=2) & inside
 
-    def score(image: np.ndarray) -> str:
-        a, b = metrics.apply_window(reference, (-1000, 1000)), metrics.apply_window(image, (-1000, 1000))
-        return f"{metrics.psnr(a, b, mask, data_range=2000):.2f} dB / {metrics.ssim(a, b, mask, data_range=2000):.4f}"
+    def score(path_or_image: Path | np.ndarray) -> str:
+        image = np.asarray(nib.load(path_or_image).dataobj) if isinstance(path_or_image, Path) else path_or_image
+        return _score(reference, image, mask)
 
     shape, affine = sitk_affine_ras(dicom_dir)
     print(f"noisy: {score(noisy)}")
-    rows = []
     out = args.out_dir / "medidiff.nii.gz"
-    wall, mib = timed(["medidiff", "denoise", str(dicom_dir), "-o", str(out)])
+    medidiff_wall, mib = timed(["medidiff", "denoise", str(dicom_dir), "-o", str(out)])
     img = nib.load(out)
     data = np.asarray(img.dataobj, dtype=np.float32)
-    sidecar = json.loads(out.with_name("medidiff.json").read_text()) if out.with_name("medidiff.json").exists() else {}
+    sidecar = json.loads(sidecar_path(out).read_text()) if sidecar_path(out).exists() else {}
     same_affine = np.allclose(img.affine, affine, rtol=0, atol=1e-5)  # NIfTI stores the sform in float32
     padding_back = bool(np.array_equal(data[~inside], noisy[~inside]))
-    print(f"medidiff default: {score(data)}, {wall:.1f} s, {mib:.0f} MiB; shape {img.shape} "
+    print(f"medidiff default: {score(data)}, {medidiff_wall:.1f} s, {mib:.0f} MiB; shape {img.shape} "
           f"(SimpleITK {shape}), affine {'equal' if same_affine else 'DIFFERENT'}, padding "
           f"{'unchanged' if padding_back else 'CHANGED'}, sigma est {sidecar.get('sigma', 'n/a')}")  # fmt: skip
-    rows.append(wall)
     for k, extra in enumerate(args.also):
         path = args.out_dir / f"medidiff_also{k}.nii.gz"
         wall, mib = timed(["medidiff", "denoise", str(dicom_dir), "-o", str(path), *shlex.split(extra)])
-        print(f"medidiff {extra}: {score(np.asarray(nib.load(path).dataobj, dtype=np.float32))}, "
+        print(f"medidiff {extra}: {score(path)}, "
               f"{wall:.1f} s, {mib:.0f} MiB")  # fmt: skip
     methods = ["blockwise"] + (["classic"] if args.classic else [])
     for method in methods:
         path = args.out_dir / f"nlm_{method}.nii.gz"
         wall, mib = timed([sys.executable, "-c", NLM_SCRIPT, str(dicom_dir), str(path), str(sigma), method])
-        print(f"DIPY NLM ({method}): {score(np.asarray(nib.load(path).dataobj, dtype=np.float32))}, "
-              f"{wall:.1f} s, {mib:.0f} MiB; medidiff took {rows[0] / wall:.2f}x its time")  # fmt: skip
+        print(f"DIPY NLM ({method}): {score(path)}, "
+              f"{wall:.1f} s, {mib:.0f} MiB; medidiff took {medidiff_wall / wall:.2f}x its time")  # fmt: skip
     if args.bm4d:
         from medidiff.benchmark import ClassicalSettings, _bm4d
 
