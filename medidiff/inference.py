@@ -42,6 +42,11 @@ DEFAULT_SAMPLER = "euler"
 # guided averaging radius in voxels by modality (medidiff.refine: a ball, 203 voxels for MR, 123 for
 # CT), on for both; measured in docs/design.md, section 4
 DEFAULT_GUIDED_RADIUS = {"MR": refine.RADIUS, "CT": 3.0}
+# guided averaging's range-kernel width (times sigma) by modality: (where the estimate is flat, rise per
+# sigma of its gradient per voxel, largest). On MR it widens on slopes and edges and narrows where the
+# estimate is flat (refine.guided_average, ``strength_slope``); docs/design.md, section 4, "A range
+# kernel that widens on slopes". CT keeps one width.
+GUIDED_STRENGTH = {"MR": (0.7, 0.15, 1.4), "CT": (refine.STRENGTH, 0.0, refine.STRENGTH)}
 MAX_GUIDED_RADIUS = 5.0
 # share of the input blended back into the output by modality: CT keeps 15 % of the scan, a light
 # version of the blending with FBP that CT readers know; measured in docs/design.md, section 4
@@ -617,8 +622,9 @@ class Denoiser:
                 f"{MIN_SIZE} voxels (a 2D image, a thin slab or a very small crop); medidiff denoises 3D volumes"
             )
         # runs > 1: the running mean and M2 and their update's temporaries; flips: the mirrored input and
-        # output; guided averaging: padded copies of the scan, its local means and the estimate, and its output
-        copies = 8 + (3 if opts.runs > 1 else 0) + (2 if opts.flips > 1 else 0) + (4 if opts.guided_radius else 0)
+        # output; guided averaging: padded copies of the scan, its local means and the estimate, its output and
+        # the range-kernel width per voxel
+        copies = 8 + (3 if opts.runs > 1 else 0) + (2 if opts.flips > 1 else 0) + (5 if opts.guided_radius else 0)
         check_memory(volume.spatial_shape, copies=copies)
         loaded = self._model_for(modality)
         factor = _unet_factor(loaded)
@@ -739,9 +745,10 @@ class Denoiser:
         box = _grow_box(extent, roi, content.shape)  # the unmirrored windows' box
         # guided averaging and the detail step are round in millimetres (medidiff.refine.voxel_scale)
         if opts.guided_radius:  # a second look at the scan, steered by the estimate (medidiff.refine)
+            flat, slope, top = GUIDED_STRENGTH[modality]
             mean[box] = refine.guided_average(
                 y[0, 0].numpy()[box], mean[box], sigma_y, rician=modality == "MR", radius=opts.guided_radius,
-                spacing=spacing, device=self.device,
+                spacing=spacing, device=self.device, strength=flat, strength_slope=slope, strength_max=top,
             )
         if opts.detail_floor:  # the faint detail left is mostly noise: smooth it away
             mean[box] = refine.shrink_faint_detail(mean[box], sigma_y, opts.detail_floor, spacing=spacing,

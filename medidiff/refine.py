@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 RADIUS = 3.7
 #: range-kernel width as a multiple of the noise sigma
 STRENGTH = 1.0
+#: Gaussian std in voxels of the estimate whose gradient steers a sloped range kernel (``strength_slope``)
+SLOPE_SMOOTHING = 1.0
 #: Gaussian std in voxels of the local means of the noisy scan that also steer the weights (0: off)
 DATA_SMOOTHING = 0.75
 #: their range-kernel width as a multiple of the local means' own noise std
@@ -165,6 +167,8 @@ def guided_average(
     data_width: float = DATA_WIDTH,
     spacing: Sequence[float] | None = None,
     device: torch.device | str | None = None,
+    strength_slope: float = 0.0,
+    strength_max: float | None = None,
 ) -> np.ndarray:
     """Weighted mean of ``noisy`` over each voxel's neighbourhood, weights from ``guide`` and local means.
 
@@ -175,7 +179,8 @@ def guided_average(
         rician: average ``y^2`` and remove the Rician bias ``2 sigma^2`` (MR magnitude images).
         radius: neighbourhood radius in voxels (of the finest axis, given ``spacing``), a ball; below 1
             returns ``guide``.
-        strength: the range kernel's width ``h`` as a multiple of ``sigma``.
+        strength: the range kernel's width ``h`` as a multiple of ``sigma`` (where the estimate is flat,
+            when ``strength_slope`` > 0).
         data_smoothing: when > 0, local means ``m`` of the noisy scan (Gaussian, this std in voxels)
             steer the weights too: a second factor ``exp(-(m_j - m_i)^2 / (2 (c s_m)^2))``, ``s_m`` the
             means' own noise std and ``c = data_width``. It keeps texture that the estimate smoothed.
@@ -185,17 +190,44 @@ def guided_average(
         device: where the arithmetic runs (None: the CPU). On a GPU the slabs are larger and the
             local means come from the same separable filter in torch; out of GPU memory, it runs on
             the CPU instead.
+        strength_slope: when > 0, each voxel's ``h`` grows with the local slope of the estimate:
+            ``strength + strength_slope * t``, at most ``strength_max``, where ``t`` is the gradient
+            magnitude of the estimate under a Gaussian of ``SLOPE_SMOOTHING`` voxels, per voxel of the
+            finest axis, in units of ``sigma`` (:func:`slope_over_sigma`). Where the estimate is flat its
+            small variations are mostly anatomy it kept, which a narrow kernel keeps too; on slopes a
+            narrow kernel leaves only the few neighbours at the same level, and noise with them
+            (docs/design.md, section 4, "A range kernel that widens on slopes").
+        strength_max: the largest ``h`` as a multiple of ``sigma`` (None: no limit).
 
     Returns:
         (X, Y, Z) float32 array.
     """
-    args = (noisy, guide, sigma, rician, radius, strength, data_smoothing, data_width, spacing)
+    args = (noisy, guide, sigma, rician, radius, strength, data_smoothing, data_width, spacing,
+            strength_slope, strength_max)
     return _on_device_or_cpu(lambda dev: _guided_average(*args, dev), device, "guided averaging")
+
+
+def slope_over_sigma(guide: torch.Tensor, sigma: float, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """The gradient magnitude of ``guide`` (X, Y, Z) under a Gaussian of ``SLOPE_SMOOTHING`` voxels, over ``sigma``.
+
+    Central differences of the smoothed estimate, per voxel of the finest axis (a coarser axis's
+    difference is divided by its voxel size relative to the finest, :func:`voxel_scale`), so a
+    ramp reads the same in millimetres whatever the slice thickness.
+    """
+    smooth = smooth_volume(guide, SLOPE_SMOOTHING, spacing)
+    total = torch.zeros_like(smooth)
+    for axis, q in enumerate(voxel_scale(spacing)):
+        if smooth.shape[axis] < 2:
+            continue
+        (d,) = torch.gradient(smooth, spacing=q, dim=axis)
+        total.addcmul_(d, d)
+    return total.sqrt_().div_(sigma)
 
 
 def _guided_average(
     noisy: np.ndarray, guide: np.ndarray, sigma: float, rician: bool, radius: float, strength: float,
-    data_smoothing: float, data_width: float, spacing: Sequence[float] | None, dev: torch.device,
+    data_smoothing: float, data_width: float, spacing: Sequence[float] | None, strength_slope: float,
+    strength_max: float | None, dev: torch.device,
 ) -> np.ndarray:
     if noisy.shape != guide.shape or noisy.ndim != 3:
         raise ValueError(f"noisy {noisy.shape} and guide {guide.shape} must be the same 3D shape")
@@ -218,8 +250,17 @@ def _guided_average(
         return torch.from_numpy(np.array(a, dtype=np.float32)).to(dev)  # always a copy
 
     # memory: the padded copies (scan, estimate, local means) and the output, about four copies of the input
+    # (five with a sloped range kernel: its 1 / h^2 per voxel).
     # the estimate and the local means are stored divided by their range-kernel widths, so a weight
-    # is exp(-(d_g^2 + d_m^2)) of plain differences
+    # is exp(-(d_g^2 + d_m^2)) of plain differences; with a sloped kernel the estimate's differences
+    # are multiplied by each centre's 1 / h^2 instead
+    inv_h2_map = None
+    if strength_slope > 0:
+        top = math.inf if strength_max is None else strength_max
+        h = slope_over_sigma(on_device(guide), sigma, spacing).mul_(strength_slope).add_(strength)
+        inv_h2_map = h.clamp_(min=strength, max=max(top, strength)).mul_(sigma).square_().reciprocal_()
+        del h
+        inv_h2 = 1.0
     g_all = padded(on_device(guide), scale=math.sqrt(inv_h2))
     scan = on_device(noisy)  # one copy of the scan: the local means are taken from it, then it is padded
     if use_means:  # one more padded copy
@@ -237,7 +278,8 @@ def _guided_average(
         g = g_all[start : start + n + 2 * r]
         y = y_all[start : start + n + 2 * r]
         m = m_all[start : start + n + 2 * r] if use_means else None
-        mean, _ = _weighted_mean(g, y, m, r, offsets)
+        k_slab = inv_h2_map[start : start + n] if inv_h2_map is not None else None
+        mean, _ = _weighted_mean(g, y, m, r, offsets, k_slab)
         if rician:
             mean = mean.sub_(2.0 * sigma**2).clamp_(min=0.0).sqrt_()
         out[start : start + n] = mean.cpu().numpy()
@@ -288,24 +330,28 @@ def _at(t: torch.Tensor, r: int, i: int, j: int, k: int) -> torch.Tensor:
 
 
 def _weighted_mean(
-    g: torch.Tensor, y: torch.Tensor, m: torch.Tensor | None, r: int, offsets: list[tuple[int, int, int]]
+    g: torch.Tensor, y: torch.Tensor, m: torch.Tensor | None, r: int, offsets: list[tuple[int, int, int]],
+    inv_h2: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weighted mean of ``y`` over the neighbourhood, sum of the weights), inputs as for :func:`_weights`."""
     num = torch.zeros_like(_at(g, r, 0, 0, 0))
     den = torch.zeros_like(num)
-    for w, _, at in _weights(g, m, r, offsets, keep_diff=False):
+    for w, _, at in _weights(g, m, r, offsets, keep_diff=False, inv_h2=inv_h2):
         den += w
         num.addcmul_(w, y[at])
     return num.div_(den), den
 
 
 def _weights(
-    g: torch.Tensor, m: torch.Tensor | None, r: int, offsets: list[tuple[int, int, int]], keep_diff: bool = True
+    g: torch.Tensor, m: torch.Tensor | None, r: int, offsets: list[tuple[int, int, int]], keep_diff: bool = True,
+    inv_h2: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, tuple[Any, ...]]]:
     """(weight, guide difference or None, slices of the neighbour) for each offset.
 
     ``g`` (the guide) and ``m`` (the local means, or None) are padded by ``r`` on every spatial face
-    and already divided by their range-kernel widths, so a weight is ``exp(-(dg^2 + dm^2))``.
+    and already divided by their range-kernel widths, so a weight is ``exp(-(dg^2 + dm^2))``; with
+    ``inv_h2`` (unpadded, one ``1 / h^2`` per centre) the guide is in plain units and a weight is
+    ``exp(-(inv_h2 dg^2 + dm^2))``.
     """
     centre = _at(g, r, 0, 0, 0)
     m_centre = _at(m, r, 0, 0, 0) if m is not None else None
@@ -313,6 +359,8 @@ def _weights(
         at = _slices(g, r, i, j, k)
         diff = g[at] - centre
         e = diff.square() if keep_diff else diff.square_()
+        if inv_h2 is not None:
+            e.mul_(inv_h2)
         if m is not None and m_centre is not None:
             d = m[at] - m_centre
             e.addcmul_(d, d)

@@ -74,6 +74,49 @@ def test_matches_a_direct_sum_at_one_voxel() -> None:
     assert out[c] == pytest.approx(float((w * noisy[block]).sum() / w.sum()), rel=1e-5)
 
 
+def test_slope_over_sigma_reads_a_ramp_per_voxel_of_the_finest_axis() -> None:
+    ramp = np.broadcast_to((0.02 * np.arange(20, dtype=np.float32))[:, None, None], (20, 16, 12)).copy()
+    inner = (slice(5, -5), slice(5, -5), slice(5, -5))
+    t = refine.slope_over_sigma(torch.from_numpy(ramp), 0.05).numpy()
+    np.testing.assert_allclose(t[inner], 0.4, rtol=1e-4)  # 0.02 per voxel over sigma 0.05
+    # the same ramp along 3 mm slices (1 x 1 x 3 mm): 0.02 per 3 mm is 0.02 / 3 per finest voxel
+    along_z = np.ascontiguousarray(np.moveaxis(ramp, 0, 2))
+    t3 = refine.slope_over_sigma(torch.from_numpy(along_z), 0.05, spacing=(1.0, 1.0, 3.0)).numpy()
+    np.testing.assert_allclose(t3[5:-5, 5:-5, 5:-5], 0.4 / 3, rtol=1e-3)
+
+
+def test_sloped_range_kernel_is_the_flat_width_on_a_flat_guide_and_the_top_width_on_a_steep_one() -> None:
+    rng = np.random.default_rng(9)
+    sigma = 0.05
+    flat = np.full((16, 16, 16), 0.5, np.float32)
+    noisy = flat + rng.normal(0, sigma, flat.shape).astype(np.float32)
+    sloped = {"strength_slope": 0.15, "strength_max": 1.4}
+    np.testing.assert_allclose(
+        guided_average(noisy, flat, sigma, rician=False, strength=0.7, **sloped),
+        guided_average(noisy, flat, sigma, rician=False, strength=0.7), rtol=1e-5, atol=1e-6,
+    )
+    # a ramp of 0.5 sigma per voxel with a little texture: t = 0.5, so h = 0.7 + 0.15 * 0.5 = 0.775
+    x = np.arange(16, dtype=np.float32)
+    ramp = 0.5 + 0.025 * x[:, None, None] + 0.01 * np.sin(x)[None, :, None]
+    guide = np.broadcast_to(ramp, (16, 16, 16)).astype(np.float32)
+    noisy = guide + rng.normal(0, sigma, guide.shape).astype(np.float32)
+    inner = (slice(4, -4),) * 3
+    out = guided_average(noisy, guide, sigma, rician=False, strength=0.7, **sloped)
+    t = refine.slope_over_sigma(torch.from_numpy(guide), sigma).numpy()
+    assert np.all(np.abs(t[inner] - 0.5) < 0.02)
+    same_width = guided_average(noisy, guide, sigma, rician=False, strength=float(0.7 + 0.15 * t[inner].mean()))
+    np.testing.assert_allclose(out[inner], same_width[inner], atol=2e-4)
+    assert not np.allclose(out[inner], guided_average(noisy, guide, sigma, rician=False, strength=0.7)[inner],
+                           atol=2e-4)
+    # steep: the width stops at strength_max
+    steep = guide * 20.0
+    noisy = steep + rng.normal(0, sigma, guide.shape).astype(np.float32)
+    np.testing.assert_allclose(
+        guided_average(noisy, steep, sigma, rician=False, strength=0.7, **sloped)[inner],
+        guided_average(noisy, steep, sigma, rician=False, strength=1.4)[inner], rtol=1e-5, atol=1e-6,
+    )
+
+
 def test_local_means_term_matches_a_direct_sum_at_one_voxel() -> None:
     from scipy import ndimage
 
@@ -203,13 +246,15 @@ def test_torch_gaussian_smoothing_matches_scipy() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("rician", [False, True])
-def test_gpu_guided_average_matches_the_cpu(rician: bool) -> None:
+@pytest.mark.parametrize("slope", [0.0, 0.15])
+def test_gpu_guided_average_matches_the_cpu(rician: bool, slope: float) -> None:
     rng = np.random.default_rng(4)
     clean = rng.uniform(0.2, 1.0, (150, 20, 24)).astype(np.float32)  # more planes than one GPU slab
     noisy = add_rician_numpy(clean, 0.05, rng) if rician else clean + rng.normal(0, 0.05, clean.shape)
     noisy = noisy.astype(np.float32)
-    cpu = guided_average(noisy, clean, 0.05, rician=rician)
-    gpu = guided_average(noisy, clean, 0.05, rician=rician, device="cuda")
+    rule = {"strength": 0.7, "strength_slope": slope, "strength_max": 1.4} if slope else {}
+    cpu = guided_average(noisy, clean, 0.05, rician=rician, **rule)
+    gpu = guided_average(noisy, clean, 0.05, rician=rician, device="cuda", **rule)
     np.testing.assert_allclose(gpu, cpu, atol=1e-4)
 
 
@@ -231,7 +276,8 @@ def test_the_cpu_path_is_used_when_the_device_is_out_of_memory(monkeypatch) -> N
     out = guided_average(noisy, clean, 0.05, rician=False, device="cuda")
     assert devices == ["cuda", "cpu"]
     np.testing.assert_array_equal(out, real(noisy, clean, 0.05, False, refine.RADIUS, refine.STRENGTH,
-                                            refine.DATA_SMOOTHING, refine.DATA_WIDTH, None, torch.device("cpu")))
+                                            refine.DATA_SMOOTHING, refine.DATA_WIDTH, None, 0.0, None,
+                                            torch.device("cpu")))
 
 
 def _scipy_shrink(x: np.ndarray, sigma: float, floor: float, scale=(1.0, 1.0, 1.0)) -> np.ndarray:
