@@ -1,17 +1,20 @@
 """Guided averaging: a second look at the noisy scan, steered by the network's estimate.
 
 The one-step network estimate is sharp at edges but leaves residual noise in flat tissue (white
-matter), where averaging many noisy voxels does better. ``guided_average``
-replaces each voxel by a weighted mean of the *noisy* voxels within a ball of radius ``r`` around it, the
-weight of a neighbour falling with how far the estimate there differs from the estimate here
-(a joint bilateral filter whose range kernel looks at the denoised image, in the spirit of the
-prefiltered non-local means of Manjon et al. 2010). In flat tissue every neighbour counts and the
-noise averages away; across an edge the estimate differs by far more than ``h`` and the other side
-is left out. The estimate smooths fine texture, though, and a weight from it alone would average
-that texture away too; so a second factor compares local means of the noisy scan itself (a
-Gaussian of 0.75 voxels, whose own noise is a quarter of the scan's), which still see texture of
-a few voxels' scale that the estimate lost. For Rician (MR magnitude) data the mean is taken of
-``y^2`` and ``2 sigma^2`` is removed before the square root, the usual bias correction of Rician NLM.
+matter), where averaging many noisy voxels does better. ``guided_average`` replaces each voxel by a
+weighted mean of the *noisy* voxels within a ball of radius ``r`` around it, the weight of a
+neighbour falling with how far the estimate there differs from the estimate here (a joint bilateral
+filter whose range kernel looks at the denoised image, in the spirit of the prefiltered non-local
+means of Manjon et al. 2010). In flat tissue every neighbour counts and the noise averages away;
+across an edge the estimate differs by far more than ``h`` and the other side is left out. The width
+``h`` can grow with the estimate's local slope (``strength_slope``; the MR default): narrow where
+the estimate is flat, whose small variations are mostly anatomy, wide on slopes and edges, where a
+narrow kernel leaves too few neighbours. The estimate smooths fine texture, though, and a weight
+from it alone would average that texture away too; so a second factor compares local means of the
+noisy scan itself (a Gaussian of 0.75 voxels, whose own noise is a quarter of the scan's), which
+still see texture of a few voxels' scale that the estimate lost. For Rician (MR magnitude) data the
+mean is taken of ``y^2`` and ``2 sigma^2`` is removed before the square root, the usual bias
+correction of Rician NLM.
 
 Guided averaging leaves a little noise in the finest detail of flat tissue. ``shrink_faint_detail``,
 run after it on MR, keeps that detail only in proportion to how far its local power exceeds the
