@@ -42,11 +42,6 @@ DEFAULT_SAMPLER = "euler"
 # guided averaging radius in voxels by modality (medidiff.refine: a ball, 203 voxels for MR, 123 for
 # CT), on for both; measured in docs/design.md, section 4
 DEFAULT_GUIDED_RADIUS = {"MR": refine.RADIUS, "CT": 3.0}
-# guided averaging's range-kernel width (times sigma) by modality: (where the estimate is flat, rise per
-# sigma of its gradient per voxel, largest). On MR it widens on slopes and edges and narrows where the
-# estimate is flat (refine.guided_average, ``strength_slope``); docs/design.md, section 4, "A range
-# kernel that widens on slopes". CT keeps one width.
-GUIDED_STRENGTH = {"MR": (0.7, 0.15, 1.4), "CT": (refine.STRENGTH, 0.0, refine.STRENGTH)}
 MAX_GUIDED_RADIUS = 5.0
 # share of the input blended back into the output by modality: CT keeps 15 % of the scan, a light
 # version of the blending with FBP that CT readers know; measured in docs/design.md, section 4
@@ -91,6 +86,34 @@ def windows_per_call(batch_size: int | None, device: torch.device, precision: st
     if device.type == "cuda":
         return GPU_BATCH_SIZE
     return CPU_FP32_BATCH_SIZE if precision == "fp32" else 1
+
+
+@dataclass(frozen=True)
+class GuidedWeights:
+    """Guided averaging's weights (``refine.guided_average``): range-kernel widths, times sigma.
+
+    ``strength`` where the estimate is flat, rising by ``slope`` per sigma of its gradient per voxel
+    to at most ``strength_max``; ``data_width`` for the local means of the scan.
+    """
+
+    strength: float
+    slope: float
+    strength_max: float
+    data_width: float
+
+    def kwargs(self) -> dict[str, float]:
+        """The keyword arguments of ``refine.guided_average`` these stand for."""
+        return {"strength": self.strength, "strength_slope": self.slope, "strength_max": self.strength_max,
+                "data_width": self.data_width}
+
+
+# by modality. On MR the range kernel widens on slopes and edges and narrows where the estimate is
+# flat, and the local means' kernel is wider than the one the averaging was first tuned with (3
+# against 2.5); docs/design.md, section 4, "A range kernel that widens on slopes". CT keeps one width.
+GUIDED_WEIGHTS = {
+    "MR": GuidedWeights(0.7, 0.15, 1.4, 3.0),
+    "CT": GuidedWeights(refine.STRENGTH, 0.0, refine.STRENGTH, refine.DATA_WIDTH),
+}
 
 
 @dataclass(frozen=True)
@@ -745,10 +768,9 @@ class Denoiser:
         box = _grow_box(extent, roi, content.shape)  # the unmirrored windows' box
         # guided averaging and the detail step are round in millimetres (medidiff.refine.voxel_scale)
         if opts.guided_radius:  # a second look at the scan, steered by the estimate (medidiff.refine)
-            flat, slope, top = GUIDED_STRENGTH[modality]
             mean[box] = refine.guided_average(
                 y[0, 0].numpy()[box], mean[box], sigma_y, rician=modality == "MR", radius=opts.guided_radius,
-                spacing=spacing, device=self.device, strength=flat, strength_slope=slope, strength_max=top,
+                spacing=spacing, device=self.device, **GUIDED_WEIGHTS[modality].kwargs(),
             )
         if opts.detail_floor:  # the faint detail left is mostly noise: smooth it away
             mean[box] = refine.shrink_faint_detail(mean[box], sigma_y, opts.detail_floor, spacing=spacing,

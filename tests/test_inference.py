@@ -9,7 +9,7 @@ from conftest import write_phantom
 
 import medidiff.inference
 from medidiff.errors import MedidiffError, ModelError
-from medidiff.inference import GUIDED_STRENGTH, DenoiseOptions, Denoiser, denoise
+from medidiff.inference import GUIDED_WEIGHTS, DenoiseOptions, Denoiser, denoise
 from medidiff.volume import Volume
 
 
@@ -106,9 +106,9 @@ def test_mr_default_is_the_guided_average_of_the_scan_around_the_network_estimat
     assert result.info["box"] == [[0, n] for n in vol.spatial_shape]  # the whole volume went through
     # both steps are round in millimetres: this volume's voxels are 1.5 x 1.5 x 2 mm
     assert vol.meta.spacing[2] == 2.0 and vol.meta.spacing[0] == pytest.approx(1.5033, abs=1e-4)
-    flat, slope, top = GUIDED_STRENGTH["MR"]
-    assert (flat, slope, top) == (0.7, 0.15, 1.4)  # the range kernel widens on the estimate's slopes
-    rule = {"strength": flat, "strength_slope": slope, "strength_max": top}
+    rule = GUIDED_WEIGHTS["MR"].kwargs()
+    # the range kernel widens on the estimate's slopes; the local means' kernel is 3 times their noise
+    assert rule == {"strength": 0.7, "strength_slope": 0.15, "strength_max": 1.4, "data_width": 3.0}
     averaged = guided_average(vol.data[0], net.volume.data[0], 0.05, rician=True, radius=3.7,
                               spacing=vol.meta.spacing, **rule)
     expected = shrink_faint_detail(averaged, 0.05, 0.05, spacing=vol.meta.spacing)
@@ -123,7 +123,7 @@ def test_mr_default_is_the_guided_average_of_the_scan_around_the_network_estimat
     np.testing.assert_allclose(plain.volume.data[0], averaged, rtol=1e-4, atol=1e-5)
     one_width = guided_average(vol.data[0], net.volume.data[0], 0.05, rician=True, radius=3.7,
                                spacing=vol.meta.spacing)
-    assert not np.allclose(averaged, one_width, atol=1e-4)  # the sloped kernel made a difference
+    assert not np.allclose(averaged, one_width, atol=1e-4)  # the MR weights made a difference
 
 
 def test_detail_floor_defaults_by_modality_and_follows_guided_averaging() -> None:
@@ -161,9 +161,8 @@ def test_network_is_told_the_scaled_sigma_and_the_steps_after_it_the_estimate(de
     assert not np.allclose(scaled.volume.data, plain.volume.data, atol=1e-4)
     # guided averaging works at the estimate, not at the network's scaled level
     result = den.denoise_volume(vol, sigma=0.05, detail_floor=0)
-    flat, slope, top = GUIDED_STRENGTH["MR"]
     expected = guided_average(vol.data[0], scaled.volume.data[0], 0.05, rician=True, radius=3.7,
-                              spacing=vol.meta.spacing, strength=flat, strength_slope=slope, strength_max=top)
+                              spacing=vol.meta.spacing, **GUIDED_WEIGHTS["MR"].kwargs())
     np.testing.assert_allclose(result.volume.data[0], expected, rtol=1e-4, atol=1e-5)
 
 
