@@ -260,9 +260,8 @@ def _guided_average(
     inv_h2_map = None
     if strength_slope > 0:
         top = math.inf if strength_max is None else strength_max
-        h = slope_over_sigma(on_device(guide), sigma, spacing).mul_(strength_slope).add_(strength)
-        inv_h2_map = h.clamp_(min=strength, max=max(top, strength)).mul_(sigma).square_().reciprocal_()
-        del h
+        widths = slope_over_sigma(on_device(guide), sigma, spacing).mul_(strength_slope).add_(strength)
+        inv_h2_map = widths.clamp_(min=strength, max=max(top, strength)).mul_(sigma).square_().reciprocal_()
         inv_h2 = 1.0
     g_all = padded(on_device(guide), scale=math.sqrt(inv_h2))
     scan = on_device(noisy)  # one copy of the scan: the local means are taken from it, then it is padded
