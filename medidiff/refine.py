@@ -257,13 +257,13 @@ def _guided_average(
     # the estimate and the local means are stored divided by their range-kernel widths, so a weight
     # is exp(-(d_g^2 + d_m^2)) of plain differences; with a sloped kernel the estimate's differences
     # are multiplied by each centre's 1 / h^2 instead
+    sloped = strength_slope > 0
+    g_all = padded(on_device(guide), scale=1.0 if sloped else math.sqrt(inv_h2))
     inv_h2_map = None
-    if strength_slope > 0:
-        top = math.inf if strength_max is None else strength_max
-        widths = slope_over_sigma(on_device(guide), sigma, spacing).mul_(strength_slope).add_(strength)
-        inv_h2_map = widths.clamp_(min=strength, max=max(top, strength)).mul_(sigma).square_().reciprocal_()
-        inv_h2 = 1.0
-    g_all = padded(on_device(guide), scale=math.sqrt(inv_h2))
+    if sloped:  # the widths from the padded estimate's interior: no further copy of it
+        top = math.inf if strength_max is None else max(strength_max, strength)
+        widths = slope_over_sigma(_at(g_all, r, 0, 0, 0), sigma, spacing).mul_(strength_slope).add_(strength)
+        inv_h2_map = widths.clamp_(max=top).mul_(sigma).square_().reciprocal_()  # t >= 0: h >= strength
     scan = on_device(noisy)  # one copy of the scan: the local means are taken from it, then it is padded
     if use_means:  # one more padded copy
         means = smooth_volume(scan, data_smoothing, spacing)
