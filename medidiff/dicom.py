@@ -3,7 +3,8 @@
 Rules (see ``docs/io.md``):
 
 * Series are found with ``ImageSeriesReader.GetGDCMSeriesIDs`` in every sub-folder and their files
-  listed with ``GetGDCMSeriesFileNames``; slices are then ordered by their position along the slice
+  listed with ``GetGDCMSeriesFileNames`` (where GDCM cannot scan a folder, by each file's
+  SeriesInstanceUID read with pydicom); slices are then ordered by their position along the slice
   normal (``ImagePositionPatient`` projected on row x column cosines), never by file name.
 * Rescale slope/intercept (or a modality LUT) is applied per slice, so CT is in HU.
 * Voxel order: X = column index, Y = row index, Z = slice, ascending along the normal. The affine is
@@ -70,20 +71,23 @@ class SeriesInfo:
 
 def find_series(folder: str | os.PathLike[str], recursive: bool = True) -> list[SeriesInfo]:
     """All DICOM series under ``folder``, ordered by SeriesNumber then UID (the listing's indices)."""
-    root = Path(folder)
-    groups = _gdcm_groups(root, recursive)
+    return _series_infos(_gdcm_groups(Path(folder), recursive))
+
+
+def _series_infos(groups: dict[str, list[str]]) -> list[SeriesInfo]:
     infos = []
     for uid, files in groups.items():
         ds = _header(files[0])
-        number = ds.get("SeriesNumber")
-        infos.append((
-            int(number) if number not in (None, "") else None,
-            uid,
-            str(ds.get("SeriesDescription", "") or "").strip(),
-            str(ds.get("Modality", "") or ""),
-            tuple(files),
-            len(files) * int(ds.get("NumberOfFrames", 1) or 1),
-        ))
+        with _quiet():  # pydicom converts (and warns about) values when they are read
+            number = _optional_int(ds.get("SeriesNumber"))
+            infos.append((
+                number,
+                uid,
+                str(ds.get("SeriesDescription", "") or "").strip(),
+                str(ds.get("Modality", "") or ""),
+                tuple(files),
+                len(files) * (_optional_int(ds.get("NumberOfFrames")) or 1),
+            ))
     infos.sort(key=lambda t: (t[0] is None, t[0] or 0, t[1]))
     return [SeriesInfo(i, *info[1:4], info[0], *info[4:]) for i, info in enumerate(infos)]
 
@@ -104,8 +108,9 @@ def read_dicom(path: str | os.PathLike[str], series: str | int | None = None) ->
         return _read_series(src.parent, _pick(src.parent, find_series(src.parent, recursive=False), series))
     if src.is_file():
         target = src.resolve()
-        chosen = [s for s in find_series(src.parent, recursive=False)
-                  if any(Path(f).resolve() == target for f in s.files)]
+        own = {uid: files for uid, files in _gdcm_groups(src.parent, recursive=False).items()
+               if any(Path(f).resolve() == target for f in files)}
+        chosen = _series_infos(own)
         if not chosen:
             raise InputError(f"{src}: not a readable DICOM image (no series found for it); check the file")
         return _read_series(src, chosen[0])
@@ -140,6 +145,11 @@ def _pick(folder: Path, infos: list[SeriesInfo], series: str | int | None) -> Se
 
 
 def _read_series(src: Path, info: SeriesInfo) -> Volume:
+    with _quiet():  # pydicom warns about malformed values as they are read; the checks below decide
+        return _read_series_quietly(src, info)
+
+
+def _read_series_quietly(src: Path, info: SeriesInfo) -> Volume:
     headers = _unique_instances([(f, _header(f)) for f in info.files])
     first = headers[0][1]
     label = f"{src} (series {info.index} '{info.description}')"
@@ -536,11 +546,33 @@ def _gdcm_groups(root: Path, recursive: bool) -> dict[str, list[str]]:
         if recursive:
             folders = [Path(d) for d, _, files in sorted(os.walk(root)) if files]
         for folder in folders:
-            for uid in reader.GetGDCMSeriesIDs(str(folder)):
-                files = reader.GetGDCMSeriesFileNames(str(folder), uid, False, False, False)
+            try:
+                found = {uid: list(reader.GetGDCMSeriesFileNames(str(folder), uid, False, False, False))
+                         for uid in reader.GetGDCMSeriesIDs(str(folder))}
+            except RuntimeError:  # GDCM gives up on the whole folder over one malformed file
+                found = _header_groups(folder)
+            for uid, files in found.items():
                 groups.setdefault(uid, []).extend(files)
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    return groups
+
+
+def _header_groups(folder: Path) -> dict[str, list[str]]:
+    """SeriesInstanceUID -> image files of one folder, read header by header with pydicom.
+
+    The fallback when GDCM cannot scan the folder: files that are not DICOM, cannot be parsed, or
+    hold no image (no Rows/Columns, e.g. structured reports and RT plans) are skipped.
+    """
+    groups: dict[str, list[str]] = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = _header(str(path))
+        except Exception:  # noqa: BLE001 - not DICOM or damaged: not part of any series
+            continue
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        if uid and ds.get("Rows") and ds.get("Columns"):
+            groups.setdefault(uid, []).append(str(path))
     return groups
 
 
@@ -555,6 +587,14 @@ def _unique_instances(headers: Headers) -> Headers:
         seen.add(uid)
         unique.append((f, ds))
     return unique
+
+
+def _optional_int(value: Any) -> int | None:
+    """An integer tag's value, or None when it is absent or malformed (a listing detail, not geometry)."""
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _floats(value: Any, n: int) -> np.ndarray:

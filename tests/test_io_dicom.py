@@ -393,3 +393,53 @@ def test_single_damaged_dicom_file(tmp_path):
     with pytest.raises(InputError) as info:
         read_volume(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def _gdcm_rejects(path: Path, tmp_path: Path) -> bool:
+    alone = tmp_path / "gdcm-check"
+    alone.mkdir()
+    shutil.copy(path, alone)
+    try:
+        sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(alone))
+    except RuntimeError:
+        return True
+    return False
+
+
+def test_a_file_gdcm_cannot_scan_does_not_hide_the_series_beside_it(ct_series, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    folder, stored, geometry = ct_series
+    bad = get_testdata_file("rtdose_1frame.dcm")  # shipped with pydicom; GDCM throws on its folder
+    if bad is None or not _gdcm_rejects(Path(bad), tmp_path):
+        pytest.skip("this GDCM scans pydicom's rtdose_1frame.dcm; the fallback is not reached")
+    shutil.copy(bad, folder / "dose.dcm")
+    (folder / "notes.dcm").write_text("not dicom")
+    listing = find_series(folder)  # the dose grid is a series of its own; the text file is skipped
+    assert sorted(s.modality for s in listing) == ["CT", "RTDOSE"]
+    (ct,) = [s for s in listing if s.modality == "CT"]
+    for volume in (read_volume(folder, series=ct.uid), read_volume(ct.files[0])):
+        np.testing.assert_array_equal(volume.data[0], (stored.astype(float) * 2 - 1024).transpose(2, 1, 0))
+        np.testing.assert_allclose(volume.meta.affine, expected_ras_affine(geometry), atol=1e-4)
+
+
+def test_a_malformed_series_number_elsewhere_in_the_folder_is_harmless(tmp_path):
+    geometry = dicom_geometry()
+    stored = stored_ramp()
+    paths = write_dicom_series(tmp_path / "a", stored, geometry, description="good")
+    other = write_dicom_series(tmp_path / "b", stored, geometry, description="odd")
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    for p in other:
+        ds = pydicom.dcmread(p)
+        # an IS value no integer parser accepts, stored raw as a faulty writer would
+        ds[0x00200011] = RawDataElement(Tag(0x00200011), "IS", 2, b"1A", 0, ds.is_implicit_VR, ds.is_little_endian)
+        ds.save_as(p)
+        shutil.move(str(p), str(tmp_path / "a" / f"odd-{p.name}"))
+    volume = read_volume(paths[0])  # a file: only its own series is looked at
+    np.testing.assert_array_equal(volume.data[0], stored.transpose(2, 1, 0))
+    listing = find_series(tmp_path / "a")
+    assert sorted(s.description for s in listing) == ["good", "odd"]
+    assert [s.number for s in listing if s.description == "odd"] == [None]
