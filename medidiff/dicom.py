@@ -19,6 +19,7 @@ Rules (see ``docs/io.md``):
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import warnings
@@ -31,6 +32,8 @@ import numpy as np
 
 from medidiff.errors import InputError
 from medidiff.volume import Volume, VolumeMeta
+
+log = logging.getLogger(__name__)
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SAME_POSITION_MM = 0.01  # slices closer than this along the normal share a position
@@ -63,6 +66,7 @@ class SeriesInfo:
     number: int | None
     files: tuple[str, ...]
     n_images: int  # files x frames per file
+    not_a_volume: str = ""  # why the series cannot be a 3D scan ("a localizer", "one image"), else ""
 
     def summary(self) -> str:
         desc = self.description or "no description"
@@ -80,13 +84,15 @@ def _series_infos(groups: dict[str, list[str]]) -> list[SeriesInfo]:
         ds = _header(files[0])
         with _quiet():  # pydicom converts (and warns about) values when they are read
             number = _optional_int(ds.get("SeriesNumber"))
+            n_images = len(files) * (_optional_int(ds.get("NumberOfFrames")) or 1)
             infos.append((
                 number,
                 uid,
                 str(ds.get("SeriesDescription", "") or "").strip(),
                 str(ds.get("Modality", "") or ""),
                 tuple(files),
-                len(files) * (_optional_int(ds.get("NumberOfFrames")) or 1),
+                n_images,
+                _not_a_volume(ds, n_images),
             ))
     infos.sort(key=lambda t: (t[0] is None, t[0] or 0, t[1]))
     return [SeriesInfo(i, *info[1:4], info[0], *info[4:]) for i, info in enumerate(infos)]
@@ -122,11 +128,28 @@ def read_dicom(path: str | os.PathLike[str], series: str | int | None = None) ->
     return _read_series(src, _pick(src, infos, series))
 
 
+def _not_a_volume(ds: Any, n_images: int) -> str:
+    """Why a series (its first header, its image count) cannot be a 3D scan, or "" if it may be one."""
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "LOCALIZER" in image_type:
+        return "a localizer"
+    if n_images == 1 and not _is_mosaic(ds):
+        return "one image"
+    return ""
+
+
 def _pick(folder: Path, infos: list[SeriesInfo], series: str | int | None) -> SeriesInfo:
     listing = "; ".join(s.summary() for s in infos)
     if series is None:
         if len(infos) == 1:
             return infos[0]
+        volumes = [s for s in infos if not s.not_a_volume]
+        if len(volumes) == 1:  # a scan beside its localizers (a scanner's usual export): read the scan
+            skipped = ", ".join(f"[{s.index}] '{s.description or 'no description'}' ({s.not_a_volume})"
+                                for s in infos if s.not_a_volume)
+            log.warning("%s: reading series %s; skipped %s (choose another with --series)",
+                     folder, volumes[0].summary(), skipped)
+            return volumes[0]
         raise InputError(f"{folder}: holds {len(infos)} DICOM series; choose one with --series INDEX or "
                          f"UID (series= in Python): {listing}")
     key = str(series).strip()

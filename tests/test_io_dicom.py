@@ -178,6 +178,35 @@ def test_two_series_are_listed_and_picked(tmp_path):
         read_volume(tmp_path, series="1.2.3")
 
 
+def test_a_scan_beside_its_localizers_is_read_and_the_choice_said(tmp_path, caplog):
+    import pydicom
+
+    geometry = dicom_geometry()
+    write_dicom_series(tmp_path, stored_ramp(), geometry, description="axial", series_number=2, name_prefix="a")
+    write_dicom_series(tmp_path, stored_ramp(n_slices=1), dicom_geometry(angles=(1.2, 0, 0)),
+                       description="topogram", series_number=1, name_prefix="t")
+    scout = write_dicom_series(tmp_path, stored_ramp(n_slices=3), dicom_geometry(angles=(0, 1.2, 0)),
+                               description="lateral", series_number=3, name_prefix="l")
+    for p in scout:
+        ds = pydicom.dcmread(p)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(p)
+    infos = find_series(tmp_path)
+    assert [(i.description, i.not_a_volume) for i in infos] == [
+        ("topogram", "one image"), ("axial", ""), ("lateral", "a localizer")]
+    with caplog.at_level("WARNING", logger="medidiff.dicom"):
+        volume = read_volume(tmp_path)
+    assert volume.meta.tags["SeriesDescription"] == "axial" and volume.spatial_shape == (6, 5, 8)
+    (record,) = caplog.records
+    assert "'axial' 8 slices" in record.getMessage() and "'topogram' (one image)" in record.getMessage()
+    assert "'lateral' (a localizer)" in record.getMessage() and "--series" in record.getMessage()
+    assert read_volume(tmp_path, series=2).meta.tags["SeriesDescription"] == "lateral"  # still choosable
+    write_dicom_series(tmp_path, stored_ramp(), geometry, description="axial soft", series_number=4,
+                       name_prefix="s")
+    with pytest.raises(InputError, match="4 DICOM series"):  # two scans: the user chooses
+        read_volume(tmp_path)
+
+
 @pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless"])
 def test_compressed_series_reads_like_uncompressed(tmp_path, syntax):
     import pydicom.uid
