@@ -104,7 +104,8 @@ def read_dicom(path: str | os.PathLike[str], series: str | int | None = None) ->
     Args:
         path: folder, or one file of the series (its own folder is then searched, not recursively).
         series: index in the listing or SeriesInstanceUID; required when a folder holds several
-            series. With a file, it picks among the series of the file's folder.
+            series, unless all but one are localizers or single images (that one is then read, with a
+            warning naming the others). With a file, it picks among the series of the file's folder.
 
     Raises:
         InputError: no series, an ambiguous or unknown ``series``, or a geometry hazard.
