@@ -149,7 +149,7 @@ def _pick(folder: Path, infos: list[SeriesInfo], series: str | int | None) -> Se
             skipped = ", ".join(f"[{s.index}] '{s.description or 'no description'}' ({s.not_a_volume})"
                                 for s in infos if s.not_a_volume)
             log.warning("%s: reading series %s; skipped %s (choose another with --series)",
-                     folder, volumes[0].summary(), skipped)
+                        folder, volumes[0].summary(), skipped)
             return volumes[0]
         raise InputError(f"{folder}: holds {len(infos)} DICOM series; choose one with --series INDEX or "
                          f"UID (series= in Python): {listing}")
