@@ -70,7 +70,8 @@ class SeriesInfo:
 
     def summary(self) -> str:
         desc = self.description or "no description"
-        return f"[{self.index}] {self.uid} '{desc}' {self.n_images} slices {self.modality or '?'}"
+        note = f" ({self.not_a_volume})" if self.not_a_volume else ""
+        return f"[{self.index}] {self.uid} '{desc}' {self.n_images} slices {self.modality or '?'}{note}"
 
 
 def find_series(folder: str | os.PathLike[str], recursive: bool = True) -> list[SeriesInfo]:

@@ -203,8 +203,9 @@ def test_a_scan_beside_its_localizers_is_read_and_the_choice_said(tmp_path, capl
     assert read_volume(tmp_path, series=2).meta.tags["SeriesDescription"] == "lateral"  # still choosable
     write_dicom_series(tmp_path, stored_ramp(), geometry, description="axial soft", series_number=4,
                        name_prefix="s")
-    with pytest.raises(InputError, match="4 DICOM series"):  # two scans: the user chooses
+    with pytest.raises(InputError, match="4 DICOM series") as info:  # two scans: the user chooses
         read_volume(tmp_path)
+    assert "'topogram' 1 slices CT (one image)" in str(info.value) and "(a localizer)" in str(info.value)
 
 
 @pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless"])
