@@ -132,8 +132,7 @@ def read_dicom(path: str | os.PathLike[str], series: str | int | None = None) ->
 
 def _not_a_volume(ds: Any, n_images: int) -> str:
     """Why a series (its first header, its image count) cannot be a 3D scan, or "" if it may be one."""
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    if "LOCALIZER" in image_type:
+    if "LOCALIZER" in _image_type(ds):
         return "a localizer"
     if n_images == 1 and not _is_mosaic(ds):
         return "one image"
@@ -456,9 +455,13 @@ def _stored_frames(label: str, path: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- mosaic
 
 
+def _image_type(ds: Any) -> list[str]:
+    """The ImageType values, upper case (empty when the tag is absent)."""
+    return [str(v).upper() for v in (ds.get("ImageType") or [])]
+
+
 def _is_mosaic(ds: Any) -> bool:
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    return "MOSAIC" in image_type or (0x0019, 0x100A) in ds
+    return "MOSAIC" in _image_type(ds) or (0x0019, 0x100A) in ds
 
 
 def _read_mosaic(label: str, headers: Headers) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -634,11 +637,7 @@ def _position(ds: Any) -> np.ndarray:
 
 
 def _int(ds: Any, keyword: str) -> int:
-    value = ds.get(keyword)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
+    return _optional_int(ds.get(keyword)) or 0
 
 
 def _differing_tags(datasets: Sequence[Any]) -> list[str]:
